@@ -1,0 +1,30 @@
+//! traft: a production Raft library on plain OS threads, modelled on Baidu's braft.
+//!
+//! A node joins a replication group, elects a leader, replicates a log to disk on every peer,
+//! applies committed entries to the user's state machine, takes snapshots, changes membership
+//! and restarts from its own disk with nothing lost. There is no async runtime: traft owns a
+//! small, fixed set of named threads (see [`runtime`]) and every public call either enqueues
+//! work or completes a `FnOnce(Result<_, RaftError>)` closure.
+//!
+//! Layout (DESIGN.md section 3): [`types`] and [`fs`] are the shared vocabulary; [`runtime`],
+//! [`timer`], [`exec_queue`] and [`io_loop`] are the threads; [`error`] is the one error type.
+
+#![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod error;
+pub mod exec_queue;
+pub mod fs;
+pub mod io_loop;
+pub mod logging;
+pub mod pool;
+pub mod runtime;
+pub mod testing;
+pub mod timer;
+pub mod types;
+
+pub use error::{RaftError, Result};
+pub use exec_queue::{Batch, ExecQueue, ExecQueueOptions, Rejected};
+pub use runtime::{Runtime, RuntimeOptions};
+pub use timer::{RepeatedTimer, RepeatedTimerOptions, Timer};
+pub use types::{Configuration, EntryType, GroupId, LogId, LogRead, PeerId};
