@@ -27,4 +27,4 @@ pub use error::{RaftError, Result};
 pub use exec_queue::{Batch, ExecQueue, ExecQueueOptions, Rejected};
 pub use runtime::{Runtime, RuntimeOptions};
 pub use timer::{RepeatedTimer, RepeatedTimerOptions, Timer};
-pub use types::{Configuration, EntryType, GroupId, LogId, LogRead, PeerId};
+pub use types::{Configuration, EntryType, GroupId, LogEntry, LogId, LogRead, PeerId};

@@ -1,17 +1,19 @@
-//! The shared vocabulary of traft: identities, log positions, entry kinds, configurations, the
-//! log-read trait, the encoding helpers and the seedable RNG.
+//! The shared vocabulary of traft: identities, log positions, entries and their kinds,
+//! configurations, the log-read trait, the encoding helpers and the seedable RNG.
 //!
 //! Storage, transport and the core all speak these types, so there is exactly one encoding of
 //! each. This module holds values and codecs only: no threads, no IO, no clock.
 
 pub mod codec;
 mod conf;
+mod entry;
 mod peer;
 mod rng;
 
 use std::fmt;
 
 pub use conf::Configuration;
+pub use entry::LogEntry;
 pub use peer::{GroupId, PeerId};
 pub use rng::Rng;
 
