@@ -19,6 +19,7 @@ pub mod io_loop;
 pub mod logging;
 pub mod pool;
 pub mod runtime;
+pub mod snapshot;
 pub mod testing;
 pub mod timer;
 pub mod types;
