@@ -15,11 +15,13 @@
 pub mod error;
 pub mod exec_queue;
 pub mod fs;
+pub mod fsm_caller;
 pub mod io_loop;
 pub mod logging;
 pub mod pool;
 pub mod runtime;
 pub mod snapshot;
+pub mod state_machine;
 pub mod testing;
 pub mod timer;
 pub mod types;
