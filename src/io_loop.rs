@@ -212,7 +212,9 @@ fn run(mut poll: Poll, handle: IoLoopHandle) {
             continue;
         }
         // Clear before draining: a notification racing with the drain re-wakes the loop.
-        shared.woken.store(false, Ordering::Release);
+        // A swap, not a store: a notifier that saw `woken` set skipped its wake, and this RMW
+        // reads its write, so its queued task or note is visible to the drain below.
+        shared.woken.swap(false, Ordering::AcqRel);
         let registry = poll.registry();
         let mut ctx = IoContext {
             registry,
