@@ -8,24 +8,32 @@
 //!
 //! Layout (DESIGN.md section 3): [`types`] and [`fs`] are the shared vocabulary; [`runtime`],
 //! [`timer`], [`exec_queue`] and [`io_loop`] are the threads; [`error`] is the one error type.
+//! [`core`] is the Raft protocol as a pure state machine (with [`ballot_box`] and [`lease`]);
+//! `sim` (tests and the `sim` feature) is the deterministic simulator that checks it.
 
 #![warn(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod ballot_box;
+pub mod core;
 pub mod error;
 pub mod exec_queue;
 pub mod fs;
 pub mod fsm_caller;
 pub mod io_loop;
+pub mod lease;
 pub mod logging;
 pub mod pool;
 pub mod runtime;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod snapshot;
 pub mod state_machine;
 pub mod testing;
 pub mod timer;
 pub mod types;
 
+pub use crate::core::{Action, Actions, CoreOptions, Event, RaftCore, Role};
 pub use error::{RaftError, Result};
 pub use exec_queue::{Batch, ExecQueue, ExecQueueOptions, Rejected};
 pub use runtime::{Runtime, RuntimeOptions};

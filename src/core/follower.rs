@@ -1,0 +1,143 @@
+//! The follower's side of replication: checking and accepting AppendEntries, deciding
+//! truncations, the follower commit rule, and durable acknowledgements.
+//!
+//! Rules kept here: truncate only where a received entry conflicts (same index, different
+//! term), never at or below the commit index; commit = min(leader commit, the last index known
+//! to match that leader's log); acknowledge an index only once it is durable.
+
+use crate::core::message::{AppendEntriesRequest, AppendEntriesResponse, Message};
+use crate::core::options::bug;
+use crate::core::{Action, PendingAck, RaftCore, Role};
+use crate::types::{EntryType, LogId, PeerId};
+
+impl RaftCore {
+    pub(super) fn handle_append_entries(&mut self, from: PeerId, req: &AppendEntriesRequest) {
+        if req.term < self.term {
+            // A deposed leader: tell it the term so it steps down.
+            self.reply_append(from, false, req.prev.index, LogId::default(), req.sent_ms);
+            return;
+        }
+        if let Err(e) = req.validate() {
+            slog::warn!(self.logger, "ignored a malformed AppendEntries"; "from" => %from, "error" => %e);
+            return;
+        }
+        if req.term == self.term && self.role == Role::Leader {
+            slog::error!(self.logger, "AppendEntries from another leader of my own term";
+                "from" => %from, "term" => self.term);
+            return;
+        }
+        if req.term > self.term || self.role != Role::Follower || self.leader != Some(from) {
+            self.become_follower(req.term, Some(from));
+        }
+        self.follower_lease.renew(self.now_ms);
+        self.timers.election_base_ms = self.now_ms;
+        if !self.log.matches(req.prev) {
+            let hint = self.log.last_at_or_below(req.prev.index, req.prev.term);
+            self.reply_append(from, false, req.prev.index, hint, req.sent_ms);
+            return;
+        }
+        if !self.accept_entries(req) {
+            return;
+        }
+        let matched = req.last_id().index;
+        self.leader_match_index = self.leader_match_index.max(matched);
+        let target = req.commit.min(self.leader_match_index);
+        if self.log.commit_to(target) {
+            self.emit_committed();
+        }
+        self.queue_ack(from, matched, req.sent_ms);
+    }
+
+    /// Appends the entries this log does not hold yet, truncating a conflicting suffix first.
+    /// Returns false if the request would truncate committed entries (it is then ignored).
+    fn accept_entries(&mut self, req: &AppendEntriesRequest) -> bool {
+        let mut append_from = req.entries.len();
+        for (k, e) in req.entries.iter().enumerate() {
+            match self.log.term_at(e.id.index) {
+                Some(t) if t == e.id.term => continue,
+                Some(_) => {
+                    let after = e.id.index - 1;
+                    if after < self.log.committed() {
+                        slog::error!(self.logger, "refused an AppendEntries that conflicts with a committed entry";
+                            "entry" => %e.id, "commit" => self.log.committed());
+                        return false;
+                    }
+                    self.truncate_log(after);
+                    append_from = k;
+                    break;
+                }
+                None => {
+                    append_from = k;
+                    break;
+                }
+            }
+        }
+        let last = req.last_id().index;
+        if append_from == req.entries.len()
+            && !req.entries.is_empty()
+            && bug!(self, truncate_below_commit)
+            && self.log.last_index() > last
+        {
+            // The bug: treat a stale request as the whole truth about the log's tail.
+            self.log.truncate_after(last, true);
+            self.membership.on_truncate(last);
+            self.leader_match_index = self.leader_match_index.min(last);
+            self.actions.push(Action::TruncateLog { after: last });
+        }
+        if append_from < req.entries.len() {
+            let new = &req.entries[append_from..];
+            self.log.append_received(new);
+            for e in new.iter().filter(|e| e.kind == EntryType::Configuration) {
+                if let Some(conf) = &e.conf {
+                    self.membership.on_append(e.id.index, (**conf).clone());
+                }
+            }
+            self.actions.push(Action::AppendReceived {
+                range: append_from..req.entries.len(),
+            });
+        }
+        true
+    }
+
+    /// Drops the log after `after` (never committed entries) and the configurations in it.
+    fn truncate_log(&mut self, after: u64) {
+        slog::info!(self.logger, "truncating a conflicting suffix";
+            "after" => after, "last" => %self.log.last_id());
+        self.log.truncate_after(after, false);
+        self.membership.on_truncate(after);
+        self.actions.push(Action::TruncateLog { after });
+    }
+
+    /// Records that requests up to `index` matched; the acknowledgement goes out once durable.
+    fn queue_ack(&mut self, to: PeerId, index: u64, sent_ms: u64) {
+        let ack = self
+            .pending_ack
+            .get_or_insert(PendingAck { to, index, sent_ms });
+        ack.index = ack.index.max(index);
+        ack.sent_ms = ack.sent_ms.max(sent_ms);
+        self.maybe_send_ack();
+    }
+
+    /// Sends the pending acknowledgement if what it covers is durable. The acknowledged index
+    /// is everything durable that matches the leader, which may be more than was asked.
+    pub(super) fn maybe_send_ack(&mut self) {
+        let Some(ack) = self.pending_ack else { return };
+        let durable_match = self.leader_match_index.min(self.log.durable());
+        if durable_match < ack.index {
+            return;
+        }
+        self.pending_ack = None;
+        self.reply_append(ack.to, true, durable_match, LogId::default(), ack.sent_ms);
+    }
+
+    fn reply_append(&mut self, to: PeerId, success: bool, index: u64, hint: LogId, sent_ms: u64) {
+        let resp = AppendEntriesResponse {
+            term: self.term,
+            success,
+            index,
+            hint,
+            sent_ms,
+        };
+        self.send(to, Message::AppendEntriesResponse(resp));
+    }
+}

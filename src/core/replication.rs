@@ -1,0 +1,219 @@
+//! The leader's side of replication: proposals, what to send each follower (probe or
+//! pipeline), heartbeats and retransmission, AppendEntries responses with fast back-off, the
+//! commit rule, check-quorum and the lease.
+//!
+//! Rules kept here: the leader assigns LogIds in its own term; a follower's match index counts
+//! only what it acknowledged as durable, the leader's own only what its LogManager reported
+//! durable; an index commits only when a quorum (both halves when joint) holds it *and* it is
+//! an entry of the current term (Raft figure 8).
+
+use crate::ballot_box::joint_quorum_value;
+use crate::core::message::AppendEntriesResponse;
+use crate::core::options::bug;
+use crate::core::progress::ProgressState;
+use crate::core::{Action, AppendSend, RaftCore, Role};
+use crate::types::{LogId, PeerId};
+
+impl RaftCore {
+    pub(super) fn handle_propose(&mut self, count: u64) {
+        if count == 0 {
+            return;
+        }
+        if self.role != Role::Leader {
+            self.actions.push(Action::RejectProposals {
+                count,
+                leader: self.leader,
+            });
+            return;
+        }
+        let (first_index, last) = self.log.append_local(count, self.term);
+        self.actions
+            .push(Action::AppendProposals { first_index, last });
+        self.bcast_append();
+    }
+
+    /// Sends every follower what its progress allows.
+    pub(super) fn bcast_append(&mut self) {
+        for i in 0..self.peer_ids.len() {
+            let peer = self.peer_ids[i];
+            while self.maybe_send_append(peer) {}
+        }
+    }
+
+    /// Sends `to` the next AppendEntries its progress allows. Returns true if it sent one in
+    /// the pipelined state (so the caller may try again); false once nothing more may go.
+    pub(super) fn maybe_send_append(&mut self, to: PeerId) -> bool {
+        let last = self.log.last_index();
+        let max_entries = self.opts.max_entries_per_append;
+        let Some(pr) = self.progress.get_mut(&to) else {
+            return false;
+        };
+        match pr.state {
+            ProgressState::Probe if pr.probe_sent => return false,
+            ProgressState::Replicate if pr.inflights.is_full() || pr.next_index > last => {
+                return false
+            }
+            _ => {}
+        }
+        let prev_index = pr.next_index - 1;
+        let Some(prev_term) = self.log.term_at(prev_index) else {
+            // Compacted away: a snapshot is needed (part 2).
+            return false;
+        };
+        let last_index = last.min(prev_index + max_entries);
+        let pipelined = pr.state == ProgressState::Replicate;
+        if pipelined {
+            pr.next_index = last_index + 1;
+            pr.inflights.add(last_index);
+        } else {
+            pr.probe_sent = true;
+        }
+        let prev = LogId::new(prev_index, prev_term);
+        self.send_append(to, self.append_send(prev, last_index));
+        pipelined
+    }
+
+    fn append_send(&self, prev: LogId, last_index: u64) -> AppendSend {
+        AppendSend {
+            term: self.term,
+            prev,
+            last_index,
+            commit: self.log.committed(),
+            sent_ms: self.now_ms,
+        }
+    }
+
+    /// Every heartbeat interval: retransmit stalled pipelines, re-probe, and otherwise send a
+    /// heartbeat that proves leadership and carries the commit index.
+    pub(super) fn bcast_heartbeat(&mut self) {
+        let stall_heartbeats = self.opts.stall_heartbeats;
+        for i in 0..self.peer_ids.len() {
+            let peer = self.peer_ids[i];
+            let Some(pr) = self.progress.get_mut(&peer) else {
+                continue;
+            };
+            if pr.state == ProgressState::Replicate && pr.tick_is_stalled(stall_heartbeats) {
+                slog::debug!(self.logger, "pipeline stalled: probing again"; "peer" => %peer);
+                pr.become_probe();
+            }
+            if pr.state == ProgressState::Probe {
+                pr.probe_sent = false;
+                self.maybe_send_append(peer);
+                continue;
+            }
+            let match_index = pr.match_index;
+            if !self.maybe_send_append(peer) {
+                // Nothing new may go: a heartbeat at the known match point.
+                let prev = LogId::new(match_index, self.log.term_at(match_index).unwrap_or(0));
+                self.send_append(peer, self.append_send(prev, match_index));
+            }
+        }
+    }
+
+    pub(super) fn handle_append_response(&mut self, from: PeerId, resp: &AppendEntriesResponse) {
+        if resp.term > self.term {
+            slog::info!(self.logger, "a follower is in a later term: stepping down";
+                "peer" => %from, "term" => resp.term);
+            self.become_follower(resp.term, None);
+            return;
+        }
+        if self.role != Role::Leader || resp.term < self.term {
+            return;
+        }
+        if resp.success && resp.index > self.log.last_index() {
+            slog::warn!(self.logger, "ignored an acknowledgement beyond my log";
+                "peer" => %from, "index" => resp.index);
+            return;
+        }
+        let hint_next = self
+            .log
+            .last_at_or_below(resp.hint.index, resp.hint.term)
+            .index
+            + 1;
+        let now_ms = self.now_ms;
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        // A forged future send time must not extend the lease.
+        let sent_ms = resp.sent_ms.min(now_ms);
+        pr.last_ack_sent_ms = Some(pr.last_ack_sent_ms.unwrap_or(0).max(sent_ms));
+        if !resp.success {
+            if pr.maybe_decrease_to(resp.index, hint_next) {
+                self.maybe_send_append(from);
+            }
+            return;
+        }
+        let advanced = pr.maybe_update(resp.index);
+        if pr.state == ProgressState::Probe && pr.match_index == resp.index {
+            pr.become_replicate();
+        }
+        if advanced {
+            self.maybe_commit();
+        }
+        while self.maybe_send_append(from) {}
+    }
+
+    /// Commits the highest index a quorum holds durably, if it is of the current term.
+    pub(super) fn maybe_commit(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let me = self.opts.id;
+        let durable = self.log.durable();
+        let progress = &self.progress;
+        let index = joint_quorum_value(
+            self.membership.effective(),
+            |p| match p {
+                p if *p == me => durable,
+                p => progress.get(p).map_or(0, |pr| pr.match_index),
+            },
+            &mut self.scratch,
+        );
+        if index <= self.log.committed() {
+            return;
+        }
+        let current_term = self.log.term_at(index) == Some(self.term);
+        if !current_term && !bug!(self, commit_previous_term) {
+            return; // figure 8: an earlier term's entry commits only through one of ours
+        }
+        self.log.commit_to(index);
+        self.emit_committed();
+    }
+
+    pub(super) fn handle_unreachable(&mut self, peer: PeerId) {
+        if let Some(pr) = self.progress.get_mut(&peer) {
+            if pr.state == ProgressState::Replicate {
+                pr.become_probe();
+            }
+        }
+    }
+
+    /// The latest leader-clock send time that a quorum has acknowledged a request from
+    /// (itself counting as now); 0 before any quorum answered.
+    pub(super) fn quorum_ack_sent_ms(&mut self) -> u64 {
+        let (me, now) = (self.opts.id, self.now_ms);
+        let progress = &self.progress;
+        joint_quorum_value(
+            self.membership.effective(),
+            |p| match p {
+                p if *p == me => now,
+                p => progress
+                    .get(p)
+                    .and_then(|pr| pr.last_ack_sent_ms)
+                    .unwrap_or(0),
+            },
+            &mut self.scratch,
+        )
+    }
+
+    /// Leader only: the time (this peer's clock) until which no other leader can exist, from
+    /// the quorum's acknowledgements; `None` when not leader or no quorum answered yet.
+    pub fn leader_lease_until_ms(&mut self) -> Option<u64> {
+        if self.role != Role::Leader {
+            return None;
+        }
+        let quorum_ack_ms = self.quorum_ack_sent_ms();
+        (quorum_ack_ms > 0 || self.peer_ids.is_empty())
+            .then(|| self.leader_lease.valid_until_ms(quorum_ack_ms))
+    }
+}
