@@ -23,6 +23,7 @@ pub mod fsm_caller;
 pub mod io_loop;
 pub mod lease;
 pub mod logging;
+pub mod node;
 pub mod pool;
 pub mod runtime;
 #[cfg(any(test, feature = "sim"))]

@@ -1,0 +1,152 @@
+//! [`NodeOptions`]: everything a node is configured with, validated before `init` touches
+//! anything (raft-rs's `Config::validate`: every refusal names the field and the rule).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use slog::Logger;
+
+use crate::error::{RaftError, Result};
+use crate::fs::{FileSystem, RealFs};
+use crate::runtime::Runtime;
+use crate::state_machine::StateMachine;
+use crate::types::Configuration;
+
+/// The largest entry payload accepted by default (1 MiB).
+pub const ENTRY_BYTES_MAX_DEFAULT: usize = 1 << 20;
+
+/// How a node is set up. Build with [`NodeOptions::new`] and adjust fields.
+pub struct NodeOptions {
+    /// A follower that hears no leader for a random time in `[T, 2T)` starts an election.
+    pub election_timeout_ms: u64,
+    /// The most two nodes' clocks may drift apart over an election timeout; the leader lease
+    /// is shorter than the election timeout by this much. Default 100.
+    pub max_clock_drift_ms: u64,
+    /// Take a snapshot every this many seconds (0: only on request). Default 3600.
+    pub snapshot_interval_s: u64,
+    /// Entries kept in the log behind a snapshot, so a slightly lagging follower can catch up
+    /// from the log instead of a snapshot. Default 1000.
+    pub snapshot_log_margin: u64,
+    /// The group's configuration when this node's log is empty (first start).
+    pub initial_conf: Configuration,
+    /// The user's state machine.
+    pub fsm: Box<dyn StateMachine>,
+    /// The node's data directory (`log/`, `meta/`, `snapshot/` below it).
+    pub data_path: PathBuf,
+    /// Keep the log in memory only (no data directory for the log; meta and snapshots still
+    /// go to `data_path`). For tests and benchmarks.
+    pub memory_log: bool,
+    /// fdatasync each log batch before counting it durable. Turning this off trades
+    /// durability for latency: an entry then counts as soon as it is written.
+    pub sync: bool,
+    /// The largest entry payload `apply` accepts.
+    pub entry_bytes_max: usize,
+    /// Tasks queued in `apply` and not yet appended; more answer `Busy`.
+    pub apply_queue_capacity: usize,
+    /// Bytes appended to the log and not yet durable; more answer `Busy`.
+    pub unsynced_bytes_max: usize,
+    /// The most payload bytes in one AppendEntries.
+    pub append_entries_bytes_max: usize,
+    /// The most AppendEntries in flight to one follower (pipelining window).
+    pub inflight_appends_max: usize,
+    /// A new voter must be within this many entries of the leader before it is added.
+    pub catchup_margin: u64,
+    /// The threads to run on (default: the process-wide runtime).
+    pub runtime: Option<Runtime>,
+    /// The file layer (default: the real file system; tests pass a FaultFs).
+    pub fs: Arc<dyn FileSystem>,
+    /// Seed of the election jitter (default: from the clock).
+    pub seed: Option<u64>,
+    /// The parent logger (default: forwards to the `log` facade).
+    pub logger: Option<Logger>,
+}
+
+impl NodeOptions {
+    /// Options with braft-like defaults for `fsm`, `data_path` and `initial_conf`.
+    pub fn new(
+        fsm: Box<dyn StateMachine>,
+        data_path: impl Into<PathBuf>,
+        initial_conf: Configuration,
+    ) -> NodeOptions {
+        NodeOptions {
+            election_timeout_ms: 1000,
+            max_clock_drift_ms: 100,
+            snapshot_interval_s: 3600,
+            snapshot_log_margin: 1000,
+            initial_conf,
+            fsm,
+            data_path: data_path.into(),
+            memory_log: false,
+            sync: true,
+            entry_bytes_max: ENTRY_BYTES_MAX_DEFAULT,
+            apply_queue_capacity: 64 * 1024,
+            unsynced_bytes_max: 64 << 20,
+            append_entries_bytes_max: 2 << 20,
+            inflight_appends_max: 64,
+            catchup_margin: 1000,
+            runtime: None,
+            fs: RealFs::shared(),
+            seed: None,
+            logger: None,
+        }
+    }
+
+    /// Checks every field; the error names the field and the rule it breaks.
+    pub fn validate(&self) -> Result<()> {
+        let rule = |ok: bool, msg: String| if ok { Ok(()) } else { Err(RaftError::invalid(msg)) };
+        rule(
+            self.election_timeout_ms >= 10,
+            format!("election_timeout_ms = {} must be >= 10", self.election_timeout_ms),
+        )?;
+        rule(
+            self.max_clock_drift_ms < self.election_timeout_ms,
+            format!(
+                "max_clock_drift_ms = {} must be below election_timeout_ms = {} (the leader \
+                 lease is the difference)",
+                self.max_clock_drift_ms, self.election_timeout_ms
+            ),
+        )?;
+        rule(
+            self.entry_bytes_max > 0 && self.entry_bytes_max <= self.append_entries_bytes_max,
+            format!(
+                "entry_bytes_max = {} must be in 1..=append_entries_bytes_max ({})",
+                self.entry_bytes_max, self.append_entries_bytes_max
+            ),
+        )?;
+        rule(
+            self.apply_queue_capacity > 0,
+            "apply_queue_capacity must be > 0".into(),
+        )?;
+        rule(
+            self.unsynced_bytes_max >= self.entry_bytes_max,
+            format!(
+                "unsynced_bytes_max = {} must be >= entry_bytes_max = {}",
+                self.unsynced_bytes_max, self.entry_bytes_max
+            ),
+        )?;
+        rule(
+            self.inflight_appends_max > 0,
+            "inflight_appends_max must be > 0".into(),
+        )?;
+        rule(
+            !self.data_path.as_os_str().is_empty(),
+            "data_path must be set".into(),
+        )
+    }
+
+    /// The heartbeat interval: a tenth of the election timeout, at least 10 ms (braft).
+    pub fn heartbeat_interval_ms(&self) -> u64 {
+        (self.election_timeout_ms / 10).max(10)
+    }
+
+    /// The vote timeout: a candidate's round outlives the followers' leases it must wait out.
+    pub fn vote_timeout_ms(&self) -> u64 {
+        self.election_timeout_ms + self.max_clock_drift_ms
+    }
+
+    /// How long a test should wait for a leader (DESIGN.md section 4): a follower's lease and
+    /// pre-vote come first, so 2T + drift + the vote timeout.
+    pub fn election_bound_ms(&self) -> u64 {
+        2 * self.election_timeout_ms + self.max_clock_drift_ms + self.vote_timeout_ms()
+    }
+}
