@@ -2,6 +2,7 @@
 //! integration branch; see the module list for what exists.
 
 pub mod options;
+pub mod timers;
 pub mod wire;
 
 pub use options::NodeOptions;

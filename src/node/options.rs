@@ -93,10 +93,19 @@ impl NodeOptions {
 
     /// Checks every field; the error names the field and the rule it breaks.
     pub fn validate(&self) -> Result<()> {
-        let rule = |ok: bool, msg: String| if ok { Ok(()) } else { Err(RaftError::invalid(msg)) };
+        let rule = |ok: bool, msg: String| {
+            if ok {
+                Ok(())
+            } else {
+                Err(RaftError::invalid(msg))
+            }
+        };
         rule(
             self.election_timeout_ms >= 10,
-            format!("election_timeout_ms = {} must be >= 10", self.election_timeout_ms),
+            format!(
+                "election_timeout_ms = {} must be >= 10",
+                self.election_timeout_ms
+            ),
         )?;
         rule(
             self.max_clock_drift_ms < self.election_timeout_ms,

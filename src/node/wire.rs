@@ -89,7 +89,12 @@ pub fn encode_append(
     }
     let mut chunks = Vec::with_capacity(1 + entries.len());
     chunks.push(Bytes::from(buf));
-    chunks.extend(entries.iter().filter(|e| !e.data.is_empty()).map(|e| e.data.clone()));
+    chunks.extend(
+        entries
+            .iter()
+            .filter(|e| !e.data.is_empty())
+            .map(|e| e.data.clone()),
+    );
     chunks
 }
 

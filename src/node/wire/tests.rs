@@ -27,9 +27,17 @@ fn entries() -> Vec<LogEntry> {
     let mut conf_bytes = Vec::new();
     conf.encode(&mut conf_bytes);
     vec![
-        LogEntry::new(LogId::new(11, 3), EntryType::Data, Bytes::from(vec![7u8; 300])),
+        LogEntry::new(
+            LogId::new(11, 3),
+            EntryType::Data,
+            Bytes::from(vec![7u8; 300]),
+        ),
         LogEntry::new(LogId::new(12, 3), EntryType::NoOp, Bytes::new()),
-        LogEntry::new(LogId::new(13, 4), EntryType::Configuration, Bytes::from(conf_bytes)),
+        LogEntry::new(
+            LogId::new(13, 4),
+            EntryType::Configuration,
+            Bytes::from(conf_bytes),
+        ),
         LogEntry::new(LogId::new(14, 4), EntryType::Data, Bytes::from_static(b"x")),
     ]
 }
@@ -69,8 +77,16 @@ fn every_message_kind_round_trips() {
 fn append_entries_payloads_arrive_as_slices_of_the_frame_with_checksums_verified() {
     let sent = entries();
     let chunks = encode_append(&env(), 4, LogId::new(10, 3), 9, 77, &sent);
-    assert_eq!(chunks.len(), 1 + 3, "one header chunk, then each non-empty payload");
-    assert_eq!(chunks[1].as_ptr(), sent[0].data.as_ptr(), "payloads are not copied to encode");
+    assert_eq!(
+        chunks.len(),
+        1 + 3,
+        "one header chunk, then each non-empty payload"
+    );
+    assert_eq!(
+        chunks[1].as_ptr(),
+        sent[0].data.as_ptr(),
+        "payloads are not copied to encode"
+    );
     let body = join(&chunks);
     let got = decode(&body).unwrap();
     let Message::AppendEntries(req) = &got.msg else {
@@ -81,12 +97,22 @@ fn append_entries_payloads_arrive_as_slices_of_the_frame_with_checksums_verified
     assert!(req.entries[2].conf.is_some());
     assert_eq!(got.entries, sent);
     let range = body.as_ptr() as usize..body.as_ptr() as usize + body.len();
-    assert!(range.contains(&(got.entries[0].data.as_ptr() as usize)), "decoded without a copy");
+    assert!(
+        range.contains(&(got.entries[0].data.as_ptr() as usize)),
+        "decoded without a copy"
+    );
 }
 
 #[test]
 fn a_flipped_payload_bit_drops_the_whole_message() {
-    let body = join(&encode_append(&env(), 4, LogId::new(10, 3), 9, 77, &entries()));
+    let body = join(&encode_append(
+        &env(),
+        4,
+        LogId::new(10, 3),
+        9,
+        77,
+        &entries(),
+    ));
     let mut bad = body.to_vec();
     let last = bad.len() - 1;
     bad[last] ^= 1; // inside the last payload
@@ -96,7 +122,14 @@ fn a_flipped_payload_bit_drops_the_whole_message() {
 
 #[test]
 fn every_truncation_is_an_error() {
-    let body = join(&encode_append(&env(), 4, LogId::new(10, 3), 9, 77, &entries()));
+    let body = join(&encode_append(
+        &env(),
+        4,
+        LogId::new(10, 3),
+        9,
+        77,
+        &entries(),
+    ));
     for cut in 0..body.len() {
         assert!(decode(&body.slice(..cut)).is_err(), "cut at {cut}");
     }
