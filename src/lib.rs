@@ -16,6 +16,7 @@ pub mod error;
 pub mod exec_queue;
 pub mod fs;
 pub mod io_loop;
+pub mod log_storage;
 pub mod logging;
 pub mod pool;
 pub mod runtime;
