@@ -13,6 +13,7 @@
 mod memory;
 pub mod segment;
 
+pub(crate) use memory::check_batch;
 pub use memory::MemoryLogStorage;
 pub use segment::{SegmentLogStorage, SegmentLogStorageOptions};
 
