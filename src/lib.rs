@@ -18,6 +18,7 @@ pub mod fs;
 pub mod io_loop;
 pub mod logging;
 pub mod pool;
+pub mod rpc;
 pub mod runtime;
 pub mod testing;
 pub mod timer;
@@ -25,6 +26,7 @@ pub mod types;
 
 pub use error::{RaftError, Result};
 pub use exec_queue::{Batch, ExecQueue, ExecQueueOptions, Rejected};
+pub use rpc::{Caller, Method, Request, Responder, Server, ServerOptions, Status};
 pub use runtime::{Runtime, RuntimeOptions};
 pub use timer::{RepeatedTimer, RepeatedTimerOptions, Timer};
 pub use types::{Configuration, EntryType, GroupId, LogEntry, LogId, LogRead, PeerId};
