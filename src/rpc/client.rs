@@ -73,9 +73,6 @@ impl ClientConn {
     pub fn new(ctx: Arc<ServerCtx>, remote: SocketAddr, io: IoLoopHandle) -> Arc<ClientConn> {
         let backoff_ms = ctx.opts.reconnect_backoff_min_ms;
         Arc::new(ClientConn {
-            ctx,
-            remote,
-            io,
             state: Mutex::new(ClientState {
                 out: OutState::default(),
                 pending: HashMap::new(),
@@ -84,6 +81,9 @@ impl ClientConn {
                 backoff_ms,
                 last_error: None,
             }),
+            ctx,
+            remote,
+            io,
         })
     }
 

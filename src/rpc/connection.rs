@@ -28,7 +28,7 @@ use crate::io_loop::{HandlerStatus, IoContext, IoHandler, IoLoopHandle};
 /// Frames are taken from the outbox until this many bytes (one bulk frame may exceed it):
 /// small frames all go in one `writev`, and a frame queued later waits behind at most this
 /// much plus one frame in our hands.
-const WRITE_CHUNK: usize = 128 * 1024;
+const WRITE_CHUNK: usize = 64 * 1024;
 /// Slices per `writev` (Linux's IOV_MAX).
 const IOV_MAX: usize = 1024;
 /// Bytes read per wakeup before yielding to the loop's other sockets (the read resumes on
@@ -125,10 +125,26 @@ impl<R: Role> Conn<R> {
         if let Err(e) = self.stream.set_nodelay(true) {
             slog::debug!(self.ctx.logger, "set TCP_NODELAY failed"; "error" => %e);
         }
-        let lowat = self.ctx.opts.socket_unsent_bytes_max;
-        if lowat > 0 {
-            if let Err(e) = set_notsent_lowat(&self.stream, lowat) {
-                slog::debug!(self.ctx.logger, "set TCP_NOTSENT_LOWAT failed"; "error" => %e);
+        let opts = &self.ctx.opts;
+        let tcp = libc::IPPROTO_TCP;
+        for (level, name, value, what) in [
+            (
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                opts.socket_recv_buffer_bytes,
+                "SO_RCVBUF",
+            ),
+            (
+                tcp,
+                libc::TCP_NOTSENT_LOWAT,
+                opts.socket_unsent_bytes_max,
+                "TCP_NOTSENT_LOWAT",
+            ),
+        ] {
+            if value > 0 {
+                if let Err(e) = set_int_opt(&self.stream, level, name, value) {
+                    slog::debug!(self.ctx.logger, "setsockopt failed"; "option" => what, "error" => %e);
+                }
             }
         }
     }
@@ -392,9 +408,14 @@ impl<R: Role> Drop for Conn<R> {
     }
 }
 
-/// Sets `TCP_NOTSENT_LOWAT`: the kernel then reports the socket writable (and accepts more)
-/// only while fewer than `bytes` are queued unsent.
-fn set_notsent_lowat(stream: &TcpStream, bytes: usize) -> io::Result<()> {
+/// Sets an integer socket option (`SO_RCVBUF`, `TCP_NOTSENT_LOWAT`); `bytes` is clamped to
+/// the C int range.
+fn set_int_opt(
+    stream: &TcpStream,
+    level: libc::c_int,
+    name: libc::c_int,
+    bytes: usize,
+) -> io::Result<()> {
     let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: the descriptor belongs to `stream`, open for the whole call; the option value
@@ -402,8 +423,8 @@ fn set_notsent_lowat(stream: &TcpStream, bytes: usize) -> io::Result<()> {
     let rc = unsafe {
         libc::setsockopt(
             stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
+            level,
+            name,
             (&value as *const libc::c_int).cast(),
             len,
         )

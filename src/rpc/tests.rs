@@ -1,10 +1,10 @@
 //! Transport tests over loopback TCP: calls and their contract (`call_tests`), bad input
-//! (`bad_input_tests`), fairness between callers on one connection (`fairness_tests`) and
-//! the fault layer (`fault_tests`). Shared helpers live here.
+//! (`bad_input_tests`) and the fault layer (`fault_tests`). Shared helpers live here.
+//! Fairness between callers is measured in its own binary (`tests/rpc_fairness.rs`), where
+//! no other test shares the CPU.
 
 mod bad_input_tests;
 mod call_tests;
-mod fairness_tests;
 mod fault_tests;
 
 use std::net::SocketAddr;
