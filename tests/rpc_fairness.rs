@@ -20,6 +20,9 @@ const SMALL_CALLS: usize = 400;
 const FRAMES_ALLOWED: f64 = 8.0;
 const T: Duration = Duration::from_secs(10);
 
+/// The two tests measure time: they must not run at once.
+static SERIAL: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
 struct Outcome {
     small_p50: Duration,
     small_p99: Duration,
@@ -143,6 +146,7 @@ fn run(small_in_bulk_lane: bool) -> Outcome {
 
 #[test]
 fn another_groups_small_calls_keep_p99_below_a_few_bulk_frames() {
+    let _serial = SERIAL.lock();
     // The machine is shared with other work: a round spoiled by a scheduler stall is rerun.
     // A transport with head-of-line blocking fails every round (30+ frames, see below).
     let mut seen = Vec::new();
@@ -162,6 +166,7 @@ fn another_groups_small_calls_keep_p99_below_a_few_bulk_frames() {
 
 #[test]
 fn calls_in_the_bulk_groups_own_lane_wait_behind_its_backlog() {
+    let _serial = SERIAL.lock();
     let o = run(true);
     eprintln!("same lane: {}", o.describe());
     assert!(

@@ -143,7 +143,8 @@ impl<R: Role> Conn<R> {
         ] {
             if value > 0 {
                 if let Err(e) = set_int_opt(&self.stream, level, name, value) {
-                    slog::debug!(self.ctx.logger, "setsockopt failed"; "option" => what, "error" => %e);
+                    slog::debug!(self.ctx.logger, "setsockopt failed";
+                        "option" => what, "error" => %e);
                 }
             }
         }
