@@ -375,14 +375,17 @@ impl Server {
         self.inner.ctx.conns.lock().len()
     }
 
-    /// Stops listening, closes every connection, fails every waiting call with `Stopped`,
-    /// and waits (up to 5 s; not at all on an IO thread) for the sockets to close.
+    /// Stops listening, drops every handler, closes every connection, fails every waiting
+    /// call with `Stopped`, and waits (up to 5 s; not at all on an IO thread) for the sockets to close.
     /// Idempotent.
     pub fn shutdown(&self) {
         let ctx = &self.inner.ctx;
         if ctx.stopped.swap(true, Ordering::AcqRel) {
             return;
         }
+        // Handlers may own queues of requests whose responders point back at this server;
+        // dropping them breaks that cycle.
+        ctx.handlers.write().iter_mut().for_each(|h| *h = None);
         let clients: Vec<_> = self.inner.clients.read().values().cloned().collect();
         for c in clients {
             c.fail_all(&RaftError::Stopped);
