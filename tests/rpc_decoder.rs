@@ -181,7 +181,10 @@ proptest! {
     }
 
     #[test]
-    fn a_header_with_any_length_allocates_at_most_the_maximum(len in any::<u32>(), tail in 0usize..100) {
+    fn a_header_with_any_length_allocates_at_most_the_maximum(
+        len in any::<u32>(),
+        tail in 0usize..100,
+    ) {
         // A valid header claiming `len` body bytes, then a little of the body.
         let mut s = frame_bytes(Method::AppendEntries, 1, &[]);
         s[18..22].copy_from_slice(&len.to_le_bytes());

@@ -376,7 +376,8 @@ impl Server {
     }
 
     /// Stops listening, drops every handler, closes every connection, fails every waiting
-    /// call with `Stopped`, and waits (up to 5 s; not at all on an IO thread) for the sockets to close.
+    /// call with `Stopped`, and waits (up to 5 s; not at all on an IO thread) for the
+    /// sockets to close.
     /// Idempotent.
     pub fn shutdown(&self) {
         let ctx = &self.inner.ctx;
