@@ -5,7 +5,9 @@
 //! flight. Both sides are completion-driven: each completion issues the next call.
 //!
 //! Run: `cargo bench --bench rpc`; the summary alone (alternating rounds, medians):
-//! `cargo bench --bench rpc -- --summary`.
+//! `cargo bench --bench rpc -- --summary`. `TRAFT_RPC_ROUNDS=N` sets the rounds (default 7);
+//! `TRAFT_RPC_RCVBUF=bytes` overrides `ServerOptions::socket_recv_buffer_bytes` (0: the
+//! kernel's autotuning) to show what the bounded window costs.
 
 use std::collections::HashMap;
 use std::io::{BufReader, Read, Write};
@@ -128,6 +130,12 @@ fn traft_setup() -> Traft {
         let mut o = ServerOptions::new("127.0.0.1:0".parse().expect("addr"));
         o.runtime = Some(rt.clone());
         o.logger = traft::logging::discard_logger();
+        if let Some(v) = std::env::var("TRAFT_RPC_RCVBUF")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            o.socket_recv_buffer_bytes = v;
+        }
         Server::start(o).expect("server")
     };
     let server = start(&runtimes[1]);

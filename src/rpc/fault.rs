@@ -22,6 +22,9 @@ use parking_lot::Mutex;
 use super::Delivery;
 use crate::types::Rng;
 
+/// The longest delay the layer applies; longer ranges are cut to it.
+pub const DELAY_MS_MAX: u64 = 3_600_000;
+
 /// The faults of one directed link. The default is a healthy link.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LinkFaults {
@@ -29,7 +32,8 @@ pub struct LinkFaults {
     pub drop_all: bool,
     /// Drop each frame with this probability.
     pub drop_fraction: f64,
-    /// Hold each frame for a uniform draw from `min..=max` milliseconds before it is queued.
+    /// Hold each frame for a uniform draw from `min..=max` milliseconds before it is queued
+    /// (at most [`DELAY_MS_MAX`]).
     pub delay_ms: Option<(u64, u64)>,
     /// Let delayed frames overtake each other; by default a link keeps TCP's order, so a
     /// frame is never released before one queued earlier on the same link.
@@ -225,6 +229,8 @@ impl FaultHandle {
         let mut delay_until = None;
         if let Some((lo, hi)) = faults.delay_ms {
             link.stats.delayed += 1;
+            let hi = hi.min(DELAY_MS_MAX);
+            let lo = lo.min(hi);
             let mut at = Instant::now() + Duration::from_millis(link.rng.range(lo, hi + 1));
             if !faults.reorder {
                 at = link.release_at.map_or(at, |prev| prev.max(at));

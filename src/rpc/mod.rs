@@ -32,7 +32,7 @@ pub use caller::{Caller, Completion, CompletionSink, DoneFn};
 pub use inbound::{Request, Responder};
 pub use method::{Method, Status};
 pub use options::ServerOptions;
-pub use server::{Handler, Server, ServerStats};
+pub use server::{Handler, Server, ServerStats, CALL_TIMEOUT_MAX};
 
 #[cfg(any(test, feature = "fault-injection"))]
 pub use fault::{FaultHandle, FaultStats, LinkFaults};

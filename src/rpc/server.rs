@@ -32,6 +32,10 @@ use crate::runtime::Runtime;
 /// A request handler: runs on an IO thread, must only enqueue (see [`Server::register`]).
 pub type Handler = Arc<dyn Fn(Request) + Send + Sync>;
 
+/// The longest call deadline; longer timeouts are cut to it (an `Instant` cannot hold
+/// `Duration::MAX` from now).
+pub const CALL_TIMEOUT_MAX: Duration = Duration::from_secs(24 * 3600);
+
 /// How long `shutdown` waits for the IO threads to close this server's sockets.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
@@ -303,6 +307,7 @@ impl Server {
     /// `Io` when the connection failed (a call made while reconnecting is backed off fails
     /// at once with the last connection error), `Stopped` after shutdown, or the error the
     /// remote handler answered. Requests of one caller to one address leave in call order.
+    /// `timeout` is capped at [`CALL_TIMEOUT_MAX`].
     pub fn call<F>(
         &self,
         caller: &Caller,
@@ -333,6 +338,7 @@ impl Server {
             return;
         }
         let client = self.client(to);
+        let timeout = timeout.min(CALL_TIMEOUT_MAX);
         client.call(caller, method, body, timeout, Box::new(done));
     }
 

@@ -1,11 +1,13 @@
 //! Transport tests over loopback TCP: calls and their contract (`call_tests`), bad input
-//! (`bad_input_tests`) and the fault layer (`fault_tests`). Shared helpers live here.
+//! (`bad_input_tests`), the fault layer (`fault_tests`) and docs/PROTOCOL.md against the code
+//! (`protocol_doc_tests`). Shared helpers live here.
 //! Fairness between callers is measured in its own binary (`tests/rpc_fairness.rs`), where
 //! no other test shares the CPU.
 
 mod bad_input_tests;
 mod call_tests;
 mod fault_tests;
+mod protocol_doc_tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -64,7 +66,7 @@ pub(super) fn call_wait(
     server.call_default(to, method, body, timeout, move |r| {
         let _ = tx.send(r);
     });
-    rx.recv_timeout(timeout + Duration::from_secs(10))
+    rx.recv_timeout(timeout.min(Duration::from_secs(60)) + Duration::from_secs(10))
         .unwrap_or_else(|_| panic!("{method} call to {to} never completed"))
 }
 

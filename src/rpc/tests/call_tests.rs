@@ -411,6 +411,37 @@ fn shutdown_fails_waiting_calls_closes_every_socket_and_refuses_new_calls() {
 }
 
 #[test]
+fn huge_timeouts_and_delays_are_capped_not_a_panic() {
+    let rt = runtime();
+    let faults = FaultHandle::new(5);
+    let mut o = opts(&rt);
+    o.fault = Some(faults.clone());
+    let (a, b) = (Server::start(o).unwrap(), start(&rt));
+    echo(&b, Method::Stat);
+    let got = call_wait(&a, b.local_addr(), Method::Stat, vec![], Duration::MAX);
+    assert!(got.is_ok());
+    faults.set_link(
+        a.local_addr(),
+        b.local_addr(),
+        LinkFaults {
+            delay_ms: Some((u64::MAX, u64::MAX)),
+            ..LinkFaults::default()
+        },
+    );
+    let (tx, rx) = crossbeam::channel::bounded(1);
+    a.call_default(
+        b.local_addr(),
+        Method::Stat,
+        vec![],
+        Duration::from_millis(50),
+        move |r| {
+            let _ = tx.send(r);
+        },
+    );
+    assert_eq!(rx.recv_timeout(T).unwrap(), Err(RaftError::Timeout));
+}
+
+#[test]
 fn options_are_validated_with_exact_messages() {
     let mut o = ServerOptions::new("127.0.0.1:0".parse().unwrap());
     o.queued_bytes_max = 10;
