@@ -1,8 +1,15 @@
 //! Fairness on one connection (issue 5, point 3), in its own binary so no other test shares
 //! the CPU: one group streams 64 KiB calls (32 in flight) while another group's small calls
-//! on the same connection keep a p99 below the time of a few large frames. The control: the
-//! same small calls made in the bulk group's own lane (where order is kept by design) wait
-//! behind its whole backlog, which is what the check would catch in a FIFO transport.
+//! on the same connection wait behind at most a few large frames.
+//!
+//! Two measures. Frames ahead: the callee counts bulk frames as they arrive, and each small
+//! call learns how many arrived between its issue and its own arrival; that is the
+//! head-of-line wait in frames, independent of how fast the machine runs, and is asserted
+//! (p99) in every run. Latency: each small call's p99 in bulk frame times (the stream's
+//! measured pace); printed always, asserted with `TRAFT_STRICT_TIMING=1` on a quiet machine.
+//! The control, measured by order rather than time: a small call queued right after a burst
+//! of bulk calls waits behind the whole burst when made in the bulk group's own lane (where
+//! order is kept by design, as in a FIFO transport), and behind almost none of it otherwise.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,8 +23,12 @@ use traft::{Runtime, RuntimeOptions};
 const BULK_BYTES: usize = 64 * 1024;
 const BULK_IN_FLIGHT: usize = 32;
 const SMALL_CALLS: usize = 400;
-/// "A few large frames": small calls' p99 must stay below this many bulk frame times.
+/// "A few large frames": the bound on bulk frames a small call may wait behind (p99), and
+/// on its latency in bulk frame times (strict mode).
 const FRAMES_ALLOWED: f64 = 8.0;
+/// Structural bound on bulk frames received ahead of a small call: the one being written,
+/// the kernel's unsent bytes (32 KiB) and receive window (64 KiB), and rounding.
+const FRAMES_AHEAD_MAX: u64 = 4;
 const T: Duration = Duration::from_secs(10);
 
 /// The two tests measure time: they must not run at once.
@@ -26,6 +37,9 @@ static SERIAL: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 struct Outcome {
     small_p50: Duration,
     small_p99: Duration,
+    /// Bulk frames the callee received between a small call's issue and its arrival.
+    ahead_p50: u64,
+    ahead_p99: u64,
     /// Time per bulk frame while the small calls ran (the stream's pace).
     bulk_frame: Duration,
 }
@@ -37,7 +51,10 @@ impl Outcome {
 
     fn describe(&self) -> String {
         format!(
-            "small p50 {:?} ({:.1} frames), p99 {:?} ({:.1} frames); bulk frame {:?}",
+            "bulk frames ahead p50 {} p99 {}; latency p50 {:?} ({:.1} frames), p99 {:?} \
+             ({:.1} frames); bulk frame {:?}",
+            self.ahead_p50,
+            self.ahead_p99,
             self.small_p50,
             self.frames(self.small_p50),
             self.small_p99,
@@ -81,7 +98,30 @@ fn start(rt: &Runtime) -> Server {
     Server::start(o).unwrap()
 }
 
-fn run(small_in_bulk_lane: bool) -> Outcome {
+/// A server that answers AppendEntries (counting them as they arrive, on its IO thread) and
+/// answers PreVote with that count: the bulk frames that arrived before it.
+fn counting_callee(rt: &Runtime) -> (Server, Arc<AtomicU64>) {
+    let callee = start(rt);
+    let received = Arc::new(AtomicU64::new(0));
+    let r = received.clone();
+    callee
+        .register(Method::AppendEntries, move |req: Request| {
+            r.fetch_add(1, Ordering::SeqCst);
+            req.responder.respond(Ok(vec![]));
+        })
+        .unwrap();
+    let r = received.clone();
+    callee
+        .register(Method::PreVote, move |req: Request| {
+            let seen = r.load(Ordering::SeqCst).to_le_bytes();
+            req.responder
+                .respond(Ok(vec![Bytes::copy_from_slice(&seen)]));
+        })
+        .unwrap();
+    (callee, received)
+}
+
+fn run() -> Outcome {
     let rt = Runtime::new(RuntimeOptions {
         io_threads: 2,
         raft_threads: 2,
@@ -89,19 +129,9 @@ fn run(small_in_bulk_lane: bool) -> Outcome {
         fsm_threads: 1,
     })
     .unwrap();
-    let callee = start(&rt);
-    for m in [Method::AppendEntries, Method::PreVote] {
-        callee
-            .register(m, |req: Request| req.responder.respond(Ok(vec![])))
-            .unwrap();
-    }
+    let (callee, received) = counting_callee(&rt);
     let (bulk_caller, _q1) = Caller::start(&rt.raft_pool(), "group-1");
-    let (other_caller, _q2) = Caller::start(&rt.raft_pool(), "group-2");
-    let small_caller = if small_in_bulk_lane {
-        bulk_caller.clone()
-    } else {
-        other_caller
-    };
+    let (small_caller, _q2) = Caller::start(&rt.raft_pool(), "group-2");
     let bulk = Arc::new(Bulk {
         server: Arc::new(start(&rt)),
         to: callee.local_addr(),
@@ -117,26 +147,31 @@ fn run(small_in_bulk_lane: bool) -> Outcome {
         std::thread::sleep(Duration::from_millis(1));
     }
     let (t0, done0) = (Instant::now(), bulk.done.load(Ordering::Relaxed));
-    let mut lat = Vec::with_capacity(SMALL_CALLS);
+    let (mut lat, mut ahead) = (Vec::new(), Vec::new());
     for _ in 0..SMALL_CALLS {
         let (tx, rx) = crossbeam::channel::bounded(1);
-        let start = Instant::now();
         let body = vec![Bytes::from_static(&[1; 64])];
+        let before = received.load(Ordering::SeqCst);
+        let start = Instant::now();
         bulk.server
             .call(&small_caller, bulk.to, Method::PreVote, body, T, move |r| {
-                let _ = tx.send((r.is_ok(), start.elapsed()));
+                let _ = tx.send((r, start.elapsed()));
             });
-        let (ok, took) = rx.recv_timeout(T).unwrap();
-        assert!(ok);
+        let (reply, took) = rx.recv_timeout(T).unwrap();
+        let seen = u64::from_le_bytes(reply.unwrap()[..8].try_into().unwrap());
+        ahead.push(seen - before);
         lat.push(took);
     }
     let elapsed = t0.elapsed();
     let frames = bulk.done.load(Ordering::Relaxed) - done0;
     bulk.stop.store(true, Ordering::Relaxed);
     lat.sort_unstable();
+    ahead.sort_unstable();
     let out = Outcome {
         small_p50: lat[lat.len() / 2],
         small_p99: lat[lat.len() * 99 / 100],
+        ahead_p50: ahead[ahead.len() / 2],
+        ahead_p99: ahead[ahead.len() * 99 / 100],
         bulk_frame: elapsed / frames.max(1) as u32,
     };
     bulk.server.shutdown();
@@ -144,34 +179,105 @@ fn run(small_in_bulk_lane: bool) -> Outcome {
     out
 }
 
+/// Strict mode (`TRAFT_STRICT_TIMING=1`) also asserts the latency bound, which only a
+/// quiet machine can measure: on a shared one a stalled thread costs milliseconds.
+fn strict_timing() -> bool {
+    std::env::var("TRAFT_STRICT_TIMING").is_ok_and(|v| v == "1")
+}
+
 #[test]
-fn another_groups_small_calls_keep_p99_below_a_few_bulk_frames() {
+fn another_groups_small_calls_wait_behind_at_most_a_few_bulk_frames() {
     let _serial = SERIAL.lock();
-    // The machine is shared with other work: a round spoiled by a scheduler stall is rerun.
-    // A transport with head-of-line blocking fails every round (30+ frames, see below).
     let mut seen = Vec::new();
+    // The median bound holds in every round. The p99 bounds must hold in one of 5 rounds: a
+    // round spoiled by a stalled thread (the test thread preempted between reading the
+    // count and queueing its call lets bulk frames pass it) is rerun, while head-of-line
+    // blocking spoils every round.
     for _ in 0..5 {
-        let o = run(false);
+        let o = run();
         seen.push(o.describe());
-        if o.frames(o.small_p99) < FRAMES_ALLOWED {
+        assert!(
+            o.ahead_p50 <= FRAMES_AHEAD_MAX,
+            "small calls waited behind {} bulk frames (p50): {}",
+            o.ahead_p50,
+            seen.join("; ")
+        );
+        let latency_ok = !strict_timing() || o.frames(o.small_p99) < FRAMES_ALLOWED;
+        if o.ahead_p99 <= FRAMES_AHEAD_MAX && latency_ok {
             eprintln!("fairness: {}", seen.join("; "));
             return;
         }
     }
     panic!(
-        "small calls waited more than {FRAMES_ALLOWED} bulk frames in every round: {}",
+        "small calls waited behind more than {FRAMES_AHEAD_MAX} bulk frames (p99){} in every \
+         round: {}",
+        if strict_timing() {
+            " or took too long"
+        } else {
+            ""
+        },
         seen.join("; ")
     );
 }
 
+/// Queues a burst of `BULK_IN_FLIGHT` bulk calls, then one small call in `small`'s lane;
+/// returns the bulk frames the callee received before the small call (p50 over rounds).
+fn burst_then_small(same_lane: bool) -> u64 {
+    let rt = Runtime::new(RuntimeOptions {
+        io_threads: 2,
+        raft_threads: 2,
+        disk_threads: 1,
+        fsm_threads: 1,
+    })
+    .unwrap();
+    let (callee, received) = counting_callee(&rt);
+    let caller = start(&rt);
+    let (bulk, _q1) = Caller::start(&rt.raft_pool(), "group-1");
+    let (other, _q2) = Caller::start(&rt.raft_pool(), "group-2");
+    let small = if same_lane { bulk.clone() } else { other };
+    let to = callee.local_addr();
+    let mut ahead = Vec::new();
+    for _ in 0..40 {
+        let (tx, rx) = crossbeam::channel::unbounded();
+        let before = received.load(Ordering::SeqCst);
+        for _ in 0..BULK_IN_FLIGHT {
+            let tx = tx.clone();
+            let body = vec![Bytes::from(vec![3u8; BULK_BYTES])];
+            caller.call(&bulk, to, Method::AppendEntries, body, T, move |r| {
+                let _ = tx.send(r.map(|_| None));
+            });
+        }
+        let body = vec![Bytes::from_static(&[1; 64])];
+        caller.call(&small, to, Method::PreVote, body, T, move |r| {
+            let _ = tx.send(r.map(|b| Some(u64::from_le_bytes(b[..8].try_into().unwrap()))));
+        });
+        for _ in 0..=BULK_IN_FLIGHT {
+            if let Some(seen) = rx.recv_timeout(T).unwrap().unwrap() {
+                ahead.push(seen - before);
+            }
+        }
+    }
+    caller.shutdown();
+    rt.shutdown();
+    ahead.sort_unstable();
+    ahead[ahead.len() / 2]
+}
+
 #[test]
-fn calls_in_the_bulk_groups_own_lane_wait_behind_its_backlog() {
+fn a_call_queued_after_a_bulk_burst_waits_behind_it_only_in_the_same_lane() {
     let _serial = SERIAL.lock();
-    let o = run(true);
-    eprintln!("same lane: {}", o.describe());
+    // Order, not timing: in the bulk group's own lane (order kept by design, as in a FIFO
+    // transport) the small call waits behind the whole burst, so the check above can fail;
+    // in another lane it overtakes all but the frames already written.
+    let same = burst_then_small(true);
+    let other = burst_then_small(false);
+    eprintln!("burst of {BULK_IN_FLIGHT}: frames ahead p50 same lane {same}, other lane {other}");
     assert!(
-        o.frames(o.small_p50) > FRAMES_ALLOWED,
-        "the check must be able to fail: in one lane a call waits behind the backlog ({})",
-        o.describe()
+        same >= BULK_IN_FLIGHT as u64 - 2,
+        "same lane: {same} frames ahead"
+    );
+    assert!(
+        other <= FRAMES_AHEAD_MAX,
+        "other lane: {other} frames ahead"
     );
 }
