@@ -6,8 +6,9 @@
 //!
 //! Run: `cargo bench --bench rpc`; the summary alone (alternating rounds, medians):
 //! `cargo bench --bench rpc -- --summary`. `TRAFT_RPC_ROUNDS=N` sets the rounds (default 7);
-//! `TRAFT_RPC_RCVBUF=bytes` overrides `ServerOptions::socket_recv_buffer_bytes` (0: the
-//! kernel's autotuning) to show what the bounded window costs.
+//! `TRAFT_RPC_RCVBUF=bytes` and `TRAFT_RPC_LOWAT=bytes` override
+//! `ServerOptions::socket_recv_buffer_bytes` (0: the kernel's autotuning) and
+//! `socket_unsent_bytes_max`, to show what the bounded window costs.
 
 use std::collections::HashMap;
 use std::io::{BufReader, Read, Write};
@@ -135,6 +136,12 @@ fn traft_setup() -> Traft {
             .and_then(|v| v.parse().ok())
         {
             o.socket_recv_buffer_bytes = v;
+        }
+        if let Some(v) = std::env::var("TRAFT_RPC_LOWAT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            o.socket_unsent_bytes_max = v;
         }
         Server::start(o).expect("server")
     };

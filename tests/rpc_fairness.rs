@@ -27,7 +27,7 @@ const SMALL_CALLS: usize = 400;
 /// on its latency in bulk frame times (strict mode).
 const FRAMES_ALLOWED: f64 = 8.0;
 /// Structural bound on bulk frames received ahead of a small call: the one being written,
-/// the kernel's unsent bytes (32 KiB) and receive window (64 KiB), and rounding.
+/// the kernel's unsent bytes (16 KiB) and receive window (128 KiB), rounded up.
 const FRAMES_AHEAD_MAX: u64 = 4;
 const T: Duration = Duration::from_secs(10);
 

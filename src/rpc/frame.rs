@@ -145,6 +145,9 @@ pub struct Decoder {
     buf: BytesMut,
     /// The header of the frame at the front of `buf`, once it was read and checked.
     header: Option<FrameHeader>,
+    /// The length of the last frame handed out: the next read expects one like it, so a
+    /// stream of bulk frames takes one read per frame, and small messages clear little.
+    last_frame_len: usize,
     frame_bytes_max: usize,
 }
 
@@ -154,6 +157,7 @@ impl Decoder {
         Decoder {
             buf: BytesMut::new(),
             header: None,
+            last_frame_len: 0,
             frame_bytes_max: frame_bytes_max.max(FRAME_BYTES_MAX_MIN),
         }
     }
@@ -201,13 +205,15 @@ impl Decoder {
     pub fn read_from<R: Read>(&mut self, src: &mut R) -> io::Result<usize> {
         self.reserve();
         let len = self.buf.len();
-        // Zero only the space this read may fill: the rest of a large frame, else a bounded
-        // window, so small messages do not pay for clearing a whole chunk.
-        let window = (self.buf.capacity() - len).min(
-            self.frame_wanted()
-                .saturating_sub(len)
-                .max(READ_SPACE_MIN * 4),
-        );
+        // Zero only the space this read may fill: the rest of the current frame, or one
+        // frame like the last, at least a small window; small messages do not pay for
+        // clearing a whole chunk.
+        let expect = match self.header {
+            Some(h) => h.frame_len(),
+            None => self.last_frame_len,
+        };
+        let window =
+            (self.buf.capacity() - len).min(expect.saturating_sub(len).max(READ_SPACE_MIN * 4));
         self.buf.resize(len + window, 0);
         let res = src.read(&mut self.buf[len..]);
         let got = *res.as_ref().unwrap_or(&0);
@@ -244,6 +250,7 @@ impl Decoder {
             return Ok(None);
         }
         self.header = None;
+        self.last_frame_len = header.frame_len();
         let mut frame = self.buf.split_to(header.frame_len());
         let body = frame.split_off(HEADER_LEN).freeze();
         Ok(Some(Frame { header, body }))

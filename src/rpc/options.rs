@@ -31,13 +31,14 @@ pub struct ServerOptions {
     /// sender's outbox, where callers take turns, instead of in the receiver's kernel queue,
     /// where a heartbeat would queue behind all of it. A heartbeat then waits behind at most
     /// about this plus `socket_unsent_bytes_max` plus one frame. The price: one connection
-    /// carries at most about this much per round trip (64 KiB per 100 us is 650 MB/s), so
-    /// raise it for links whose bandwidth-delay product is larger (0 keeps the kernel's
-    /// autotuning: full throughput, unbounded head-of-line wait). Default 64 KiB.
+    /// carries at most about this much per round trip, for all groups together (128 KiB per
+    /// 100 us is 1.3 GB/s, per 1 ms 130 MB/s), so raise it for links whose bandwidth-delay
+    /// product is larger (0 keeps the kernel's autotuning: full throughput, unbounded
+    /// head-of-line wait). Default 128 KiB.
     pub socket_recv_buffer_bytes: usize,
     /// Unsent bytes the kernel may hold per socket (`TCP_NOTSENT_LOWAT`): like the receive
     /// buffer, keeps the backlog in the outbox. Costs no throughput (it does not limit the
-    /// window). 0 leaves the kernel default. Default 32 KiB.
+    /// window). 0 leaves the kernel default. Default 16 KiB.
     pub socket_unsent_bytes_max: usize,
     /// An outgoing connection not established within this fails its calls. Default 1000.
     pub connect_timeout_ms: u64,
@@ -66,8 +67,8 @@ impl ServerOptions {
             logger: crate::logging::component_logger(&crate::logging::default_logger(), "rpc"),
             frame_bytes_max: 64 << 20,
             queued_bytes_max: 64 << 20,
-            socket_recv_buffer_bytes: 64 << 10,
-            socket_unsent_bytes_max: 32 << 10,
+            socket_recv_buffer_bytes: 128 << 10,
+            socket_unsent_bytes_max: 16 << 10,
             connect_timeout_ms: 1000,
             reconnect_backoff_min_ms: 10,
             reconnect_backoff_max_ms: 1000,
