@@ -28,6 +28,7 @@ pub mod logging;
 pub mod meta_storage;
 pub mod node;
 pub mod pool;
+pub mod rpc;
 pub mod runtime;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
@@ -40,6 +41,7 @@ pub mod types;
 pub use crate::core::{Action, Actions, CoreOptions, Event, RaftCore, Role};
 pub use error::{RaftError, Result};
 pub use exec_queue::{Batch, ExecQueue, ExecQueueOptions, Rejected};
+pub use rpc::{Caller, Method, Request, Responder, Server, ServerOptions, Status};
 pub use runtime::{Runtime, RuntimeOptions};
 pub use timer::{RepeatedTimer, RepeatedTimerOptions, Timer};
 pub use types::{Configuration, EntryType, GroupId, LogEntry, LogId, LogRead, PeerId};
