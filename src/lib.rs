@@ -27,6 +27,7 @@ pub mod log_storage;
 pub mod logging;
 pub mod meta_storage;
 pub mod node;
+pub mod node_manager;
 pub mod pool;
 pub mod rpc;
 pub mod runtime;

@@ -1,8 +1,240 @@
-//! The Raft node: one peer of one group (braft's NodeImpl). Work in progress on the
-//! integration branch; see the module list for what exists.
+//! The Raft node: one peer of one group (braft's NodeImpl), the shell around the pure
+//! [`RaftCore`](crate::core::RaftCore).
+//!
+//! Every core step runs on the node's serial queue on the raft pool (`event.rs`): timers, the
+//! RaftService, the disk queue and user threads calling [`Node::apply`] only enqueue events
+//! there. A step holds the node's core lock briefly; its actions (persist, append, send,
+//! commit) are carried out after the lock is released. Messages that depend on persisted
+//! state are held inside the core until the persistence is reported, so nothing is promised
+//! before it is durable. Nothing here blocks an IO or timer thread or calls user code under a
+//! lock; user callbacks run on the fsm pool (`fsm_caller`).
+//!
+//! Lock order: `NodeShared::state` -> `NodeShared::core`; neither is held across IO or a call
+//! into another component.
 
+mod apply;
+mod event;
+mod glue;
+mod init;
 pub mod options;
+mod replicator;
+mod status;
 pub mod timers;
 pub mod wire;
 
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::{Condvar, Mutex};
+use slog::Logger;
+
+pub use apply::{Task, TaskWaiter};
+pub use init::InitStep;
 pub use options::NodeOptions;
+pub use status::NodeStatus;
+
+use crate::core::{RaftCore, Role};
+use crate::error::{RaftError, Result};
+use crate::exec_queue::ExecQueue;
+use crate::types::{GroupId, PeerId};
+use event::NodeEvent;
+use init::Parts;
+
+/// Where a node is in its life.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Lifecycle {
+    /// Created, not yet (or not successfully) initialized.
+    New,
+    /// Initialized and running.
+    Active,
+    /// Stopped working after a fatal error (fsync failure, full disk, a state machine
+    /// panic); only shutdown is possible.
+    Error(RaftError),
+    /// `shutdown` was called.
+    ShuttingDown,
+}
+
+/// Everything the node's threads share.
+pub(crate) struct NodeShared {
+    pub(crate) group: GroupId,
+    pub(crate) peer: PeerId,
+    pub(crate) logger: Logger,
+    /// Invariant: moves New -> Active -> (Error ->) ShuttingDown, never back.
+    pub(crate) state: Mutex<Lifecycle>,
+    /// Signalled when shutdown finished (for `join`).
+    pub(crate) joined: Condvar,
+    pub(crate) shut_down: Mutex<bool>,
+    /// Set by the first `join`, which does the joining.
+    pub(crate) joining: std::sync::atomic::AtomicBool,
+    /// The protocol; `None` until init step 13.
+    pub(crate) core: Mutex<Option<RaftCore>>,
+    /// The serial queue every step runs on; set at init step 2.
+    pub(crate) events: OnceLock<ExecQueue<NodeEvent>>,
+    /// Components built by init (steps 1-12); set once they all exist, taken by `join` so
+    /// that dropping them releases the data directory.
+    pub(crate) parts: Mutex<Option<Arc<Parts>>>,
+    /// Bounds checked by `apply` on the caller's thread, set by init.
+    pub(crate) limits: OnceLock<init::Limits>,
+    /// Mirrors `state == Active`, for the apply hot path (no lock).
+    pub(crate) active: std::sync::atomic::AtomicBool,
+    /// Log bytes appended and not yet durable, as the node's queue last saw them.
+    pub(crate) unsynced_bytes: std::sync::atomic::AtomicUsize,
+    /// The init steps as they ran (DESIGN.md section 4), for tests and status.
+    pub(crate) trace: Mutex<Vec<InitStep>>,
+    /// Tasks accepted by `apply` and not yet proposed (bounded by the options).
+    pub(crate) pending_applies: std::sync::atomic::AtomicUsize,
+}
+
+impl NodeShared {
+    /// Queues an event on the node's serial queue. Dropped (and logged) once the queue
+    /// stopped; events carry no promise to anyone, so dropping one after shutdown is safe.
+    pub(crate) fn submit(&self, ev: NodeEvent) {
+        let Some(q) = self.events.get() else {
+            return;
+        };
+        if let Err(rejected) = q.submit(ev) {
+            rejected.item.fail(&rejected.error);
+        }
+    }
+
+    /// The error to answer a new request with, if the node is not active.
+    pub(crate) fn refusal(&self) -> Option<RaftError> {
+        match &*self.state.lock() {
+            Lifecycle::Active => None,
+            Lifecycle::New => Some(RaftError::invalid("node is not initialized")),
+            Lifecycle::Error(e) => Some(RaftError::ErrorState {
+                reason: e.to_string(),
+            }),
+            Lifecycle::ShuttingDown => Some(RaftError::Stopped),
+        }
+    }
+
+    fn with_core<T>(&self, f: impl FnOnce(&RaftCore) -> T) -> Option<T> {
+        self.core.lock().as_ref().map(f)
+    }
+
+    /// The components, while the node is initialized and not yet joined.
+    pub(crate) fn parts(&self) -> Option<Arc<Parts>> {
+        self.parts.lock().clone()
+    }
+
+    /// Moves the lifecycle, keeping `active` in step. Lock order: state -> (nothing).
+    pub(crate) fn set_state(&self, next: Lifecycle) {
+        let mut st = self.state.lock();
+        self.active.store(
+            next == Lifecycle::Active,
+            std::sync::atomic::Ordering::Release,
+        );
+        *st = next;
+    }
+}
+
+/// One peer of one replication group. Cheap to clone; clones are the same node.
+#[derive(Clone)]
+pub struct Node {
+    shared: Arc<NodeShared>,
+}
+
+impl Node {
+    /// A node for `peer` in `group`, not yet started: call [`Node::init`].
+    pub fn new(group: GroupId, peer: PeerId) -> Node {
+        let logger = crate::logging::node_logger(&crate::logging::default_logger(), &group, &peer);
+        Node {
+            shared: Arc::new(NodeShared {
+                group,
+                peer,
+                logger,
+                state: Mutex::new(Lifecycle::New),
+                joined: Condvar::new(),
+                shut_down: Mutex::new(false),
+                joining: std::sync::atomic::AtomicBool::new(false),
+                core: Mutex::new(None),
+                events: OnceLock::new(),
+                parts: Mutex::new(None),
+                limits: OnceLock::new(),
+                active: std::sync::atomic::AtomicBool::new(false),
+                unsynced_bytes: std::sync::atomic::AtomicUsize::new(0),
+                trace: Mutex::new(Vec::new()),
+                pending_applies: std::sync::atomic::AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// The group.
+    pub fn group(&self) -> &GroupId {
+        &self.shared.group
+    }
+
+    /// This peer.
+    pub fn peer(&self) -> PeerId {
+        self.shared.peer
+    }
+
+    /// The leader this node knows of, if any.
+    pub fn leader_id(&self) -> Option<PeerId> {
+        self.shared.with_core(|c| c.leader()).flatten()
+    }
+
+    /// True while this node leads its group.
+    pub fn is_leader(&self) -> bool {
+        self.shared.with_core(|c| c.role() == Role::Leader) == Some(true)
+    }
+
+    /// The current term.
+    pub fn term(&self) -> u64 {
+        self.shared.with_core(|c| c.term()).unwrap_or(0)
+    }
+
+    /// The init steps as they ran, in order (DESIGN.md section 4).
+    pub fn init_trace(&self) -> Vec<InitStep> {
+        self.shared.trace.lock().clone()
+    }
+
+    /// Stops the node: timers, replicators and queues stop; tasks not yet committed fail
+    /// with `Stopped`; the state machine gets `on_shutdown`. Returns at once; [`Node::join`]
+    /// waits for the end. Idempotent.
+    pub fn shutdown(&self) {
+        init::shutdown(&self.shared);
+    }
+
+    /// Waits until [`Node::shutdown`] has finished: every queue drained and stopped, the
+    /// data directory unlocked (so a new node can be initialized from it). Call it from a
+    /// thread of your own, not from a state machine callback.
+    pub fn join(&self) {
+        init::join(&self.shared);
+    }
+
+    /// The node's error, if it entered its error state.
+    pub fn error(&self) -> Option<RaftError> {
+        match &*self.shared.state.lock() {
+            Lifecycle::Error(e) => Some(e.clone()),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<NodeShared> {
+        &self.shared
+    }
+
+    pub(crate) fn from_shared(shared: Arc<NodeShared>) -> Node {
+        Node { shared }
+    }
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Node({} {})", self.shared.group, self.shared.peer)
+    }
+}
+
+/// The event that carries a RaftService body to a node (for the node manager's routing).
+pub(crate) fn deliver_event(body: bytes::Bytes) -> NodeEvent {
+    NodeEvent::Rpc(body)
+}
+
+/// Result of checking that a call is allowed now.
+pub(crate) fn active(shared: &NodeShared) -> Result<()> {
+    match shared.refusal() {
+        None => Ok(()),
+        Some(e) => Err(e),
+    }
+}

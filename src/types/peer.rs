@@ -217,6 +217,14 @@ impl GroupId {
     }
 }
 
+/// Lookups by `&str` (a name decoded from a frame without allocating). Consistent with
+/// `Hash` and `Eq`, which are those of the name.
+impl std::borrow::Borrow<str> for GroupId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for GroupId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -1,0 +1,143 @@
+//! The apply path's entry: [`Task`] and [`Node::apply`], which only checks bounds and
+//! enqueues; the node's queue batches tasks into log entries (`event.rs`), the FSMCaller
+//! applies them and completes each task's `done`.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam::channel;
+
+use super::event::NodeEvent;
+use super::{active, Node};
+use crate::error::{RaftError, Result};
+use crate::state_machine::ApplyDone;
+
+/// A user operation to replicate and apply.
+pub struct Task {
+    /// The payload, handed to `StateMachine::on_apply` as it is (shared, not copied).
+    pub data: Bytes,
+    /// Completed once: with the state machine's response when the entry is applied on this
+    /// node, or with the error that kept it from being committed (`NotLeader { leader }`,
+    /// `TermMismatch`, `Busy`, `Stopped`, `Invalid`). `NotLeader` after the task was
+    /// accepted means the outcome is unknown: the entry may still commit under a new leader.
+    pub done: Option<ApplyDone>,
+    /// Refuse the task with `TermMismatch` unless the leader is in exactly this term
+    /// (braft's `expected_term`: a client that read state at term T writes only in term T).
+    pub expected_term: Option<u64>,
+}
+
+impl Task {
+    /// A task carrying `data`, completed through `done`.
+    pub fn new(data: Bytes, done: impl FnOnce(Result<Bytes>) + Send + 'static) -> Task {
+        Task {
+            data,
+            done: Some(Box::new(done)),
+            expected_term: None,
+        }
+    }
+
+    /// A task and a handle to wait for its outcome (for synchronous callers).
+    pub fn waitable(data: Bytes) -> (Task, TaskWaiter) {
+        let (tx, rx) = channel::bounded(1);
+        let task = Task::new(data, move |r| {
+            let _ = tx.send(r);
+        });
+        (task, TaskWaiter { rx })
+    }
+
+    /// Sets the term the leader must be in.
+    pub fn expecting_term(mut self, term: u64) -> Task {
+        self.expected_term = Some(term);
+        self
+    }
+
+    pub(crate) fn fail(self, error: RaftError) {
+        if let Some(done) = self.done {
+            done(Err(error));
+        }
+    }
+
+    /// False (and the task failed with `TermMismatch`) if it expects another term.
+    pub(crate) fn check_expected_term(&mut self, current: u64) -> bool {
+        match self.expected_term {
+            Some(expected) if expected != current => {
+                if let Some(done) = self.done.take() {
+                    done(Err(RaftError::TermMismatch { expected, current }));
+                }
+                false
+            }
+            _ => true,
+        }
+    }
+
+    pub(crate) fn into_parts(self) -> (Bytes, Option<ApplyDone>) {
+        (self.data, self.done)
+    }
+}
+
+/// Waits for a [`Task`] made with [`Task::waitable`].
+pub struct TaskWaiter {
+    rx: channel::Receiver<Result<Bytes>>,
+}
+
+impl TaskWaiter {
+    /// Blocks until the task completes.
+    pub fn wait(self) -> Result<Bytes> {
+        self.rx.recv().unwrap_or(Err(RaftError::Stopped))
+    }
+
+    /// Blocks until the task completes or `timeout` passes (`Timeout`; the task may still
+    /// complete later).
+    pub fn wait_timeout(self, timeout: Duration) -> Result<Bytes> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(r) => r,
+            Err(channel::RecvTimeoutError::Timeout) => Err(RaftError::Timeout),
+            Err(channel::RecvTimeoutError::Disconnected) => Err(RaftError::Stopped),
+        }
+    }
+}
+
+impl Node {
+    /// Proposes `task`. Only enqueues: the outcome arrives through `task.done`. Refused at once
+    /// (through `done`) with `Invalid` for a payload over `entry_bytes_max`, `Busy` when the
+    /// apply queue or the unsynced log bytes are at their bounds, `NotLeader` is decided by
+    /// the core when the batch is proposed.
+    pub fn apply(&self, task: Task) {
+        if let Err(e) = self.admit(&task) {
+            return task.fail(e);
+        }
+        self.shared.submit(NodeEvent::Apply(task));
+    }
+
+    /// Proposes `data` and blocks until it is applied on this node (or fails).
+    pub fn apply_wait(&self, data: Bytes) -> Result<Bytes> {
+        let (task, waiter) = Task::waitable(data);
+        self.apply(task);
+        waiter.wait()
+    }
+
+    fn admit(&self, task: &Task) -> Result<()> {
+        let shared = &self.shared;
+        if !shared.active.load(Ordering::Acquire) {
+            return active(shared).and(Err(RaftError::Stopped));
+        }
+        let limits = shared.limits.get().ok_or(RaftError::Stopped)?;
+        if task.data.len() > limits.entry_bytes_max {
+            return Err(RaftError::invalid(format!(
+                "task of {} bytes is over entry_bytes_max = {}",
+                task.data.len(),
+                limits.entry_bytes_max
+            )));
+        }
+        if shared.unsynced_bytes.load(Ordering::Relaxed) > limits.unsynced_bytes_max {
+            return Err(RaftError::Busy);
+        }
+        let queued = shared.pending_applies.fetch_add(1, Ordering::AcqRel);
+        if queued >= limits.apply_queue_capacity {
+            shared.pending_applies.fetch_sub(1, Ordering::AcqRel);
+            return Err(RaftError::Busy);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,451 @@
+//! The node's serial queue (raft pool): [`NodeEvent`]s in, one core step each, actions carried
+//! out after the core lock is released.
+//!
+//! Consecutive `Apply` events in one drained batch become one proposal (one core step, one
+//! log append), which is where the apply path batches. Actions are carried out in the order
+//! the core gave them; those that do IO only enqueue it (disk queue, meta queue, replicator
+//! queues, the transport), so a step never blocks this thread on a disk or a socket.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::apply::Task;
+use super::init::Parts;
+use super::timers::now_ms;
+use super::wire::{self, Envelope};
+use super::{Lifecycle, NodeShared};
+use crate::core::message::Message;
+use crate::core::{Action, Event, HardState, Role, TimerKind};
+use crate::error::RaftError;
+use crate::exec_queue::Batch;
+use crate::rpc::Method;
+use crate::snapshot::SnapshotMeta;
+use crate::state_machine::{Done, LeaderChangeContext};
+use crate::types::{EntryType, LogEntry, LogId, PeerId};
+
+/// How long a one-way Raft message may wait for its transport acknowledgement before the
+/// peer is reported unreachable to the core.
+pub(crate) const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One input to the node's serial queue.
+pub(crate) enum NodeEvent {
+    /// Init finished: start the core.
+    Start,
+    /// A user task to propose.
+    Apply(Task),
+    /// A RaftService body addressed to this node.
+    Rpc(Bytes),
+    /// A core timer fired.
+    Timeout(TimerKind),
+    /// The log write ending at this LogId is durable.
+    LogDurable(LogId),
+    /// Term and vote are durable.
+    HardStatePersisted(HardState),
+    /// The transport could not deliver to this peer.
+    PeerUnreachable(PeerId),
+    /// The state machine applied up to here.
+    Applied(LogId),
+    /// The snapshot timer fired.
+    SnapshotTick,
+    /// A user asked for a snapshot.
+    Snapshot(Done),
+    /// A snapshot save finished.
+    SnapshotSaved(crate::Result<SnapshotMeta>),
+    /// A component failed fatally: enter the error state.
+    Fatal(RaftError),
+}
+
+impl NodeEvent {
+    /// Completes whatever the event carries for a user with `error` (the queue refused it).
+    pub(crate) fn fail(self, error: &RaftError) {
+        match self {
+            NodeEvent::Apply(task) => task.fail(error.clone()),
+            NodeEvent::Snapshot(done) => done(Err(error.clone())),
+            _ => {}
+        }
+    }
+}
+
+/// What the action being carried out may refer to.
+enum Ctx<'a> {
+    None,
+    /// The entries of the AppendEntries just stepped.
+    Received(&'a [LogEntry]),
+    /// The tasks of the proposal just stepped.
+    Proposals(&'a mut Vec<Task>),
+}
+
+/// What the node's queue keeps between batches (scratch buffers and snapshot progress).
+/// It holds no reference to the node: the queue that owns it is owned by the node.
+#[derive(Default)]
+pub(crate) struct ShellState {
+    /// Reused between steps.
+    actions: Vec<Action>,
+    /// `Apply` events collected from the current batch.
+    proposals: Vec<Task>,
+    /// Completions of snapshot requests waiting for the save in progress.
+    saving: Vec<Done>,
+    snapshot_running: bool,
+}
+
+/// The consumer of the node's queue: the only place the core is stepped. Lives for one
+/// drained batch.
+pub(crate) struct Shell<'a> {
+    shared: &'a Arc<NodeShared>,
+    st: &'a mut ShellState,
+}
+
+/// Handles one drained batch of the node's queue.
+pub(crate) fn run_batch(
+    weak: &Weak<NodeShared>,
+    st: &mut ShellState,
+    batch: &mut Batch<'_, NodeEvent>,
+) {
+    let Some(shared) = weak.upgrade() else {
+        return batch.for_each(|ev| ev.fail(&RaftError::Stopped));
+    };
+    let mut shell = Shell {
+        shared: &shared,
+        st,
+    };
+    shell.run(batch);
+}
+
+impl Shell<'_> {
+    fn run(&mut self, batch: &mut Batch<'_, NodeEvent>) {
+        if batch.is_stopped() {
+            let stopped = RaftError::Stopped;
+            self.st
+                .proposals
+                .drain(..)
+                .for_each(|t| t.fail(stopped.clone()));
+            self.st
+                .saving
+                .drain(..)
+                .for_each(|d| d(Err(stopped.clone())));
+            return;
+        }
+        let Some(parts) = self.shared.parts() else {
+            // Init has not assembled the node yet, or join took it apart.
+            batch.for_each(|ev| ev.fail(&RaftError::Stopped));
+            return;
+        };
+        for ev in batch {
+            match ev {
+                NodeEvent::Apply(task) => self.st.proposals.push(task),
+                other => {
+                    self.flush_proposals(&parts);
+                    self.handle(&parts, other);
+                }
+            }
+        }
+        self.flush_proposals(&parts);
+        let unsynced = parts.log.unsynced_bytes();
+        self.shared
+            .unsynced_bytes
+            .store(unsynced, Ordering::Relaxed);
+    }
+
+    fn handle(&mut self, parts: &Parts, ev: NodeEvent) {
+        if let Some(error) = self.shared.refusal() {
+            return ev.fail(&error);
+        }
+        match ev {
+            NodeEvent::Apply(task) => self.st.proposals.push(task),
+            NodeEvent::Start => self.start_core(parts),
+            NodeEvent::Rpc(body) => self.handle_rpc(parts, body),
+            NodeEvent::Timeout(kind) => self.step(parts, Event::Timeout(kind), Ctx::None),
+            NodeEvent::LogDurable(id) => self.step(parts, Event::LogDurable(id), Ctx::None),
+            NodeEvent::HardStatePersisted(hs) => {
+                self.step(parts, Event::HardStatePersisted(hs), Ctx::None)
+            }
+            NodeEvent::PeerUnreachable(p) => self.step(parts, Event::PeerUnreachable(p), Ctx::None),
+            NodeEvent::Applied(_) => {}
+            NodeEvent::SnapshotTick => self.start_snapshot(parts, None),
+            NodeEvent::Snapshot(done) => self.start_snapshot(parts, Some(done)),
+            NodeEvent::SnapshotSaved(result) => self.finish_snapshot(parts, result),
+            NodeEvent::Fatal(error) => self.enter_error(parts, error),
+        }
+    }
+
+    fn handle_rpc(&mut self, parts: &Parts, body: Bytes) {
+        let inbound = match wire::decode(&body) {
+            Ok(m) => m,
+            Err(e) => {
+                slog::warn!(self.shared.logger, "dropped an undecodable raft message"; "error" => %e);
+                return;
+            }
+        };
+        let env = &inbound.envelope;
+        if env.group != self.shared.group || env.to != self.shared.peer {
+            slog::warn!(self.shared.logger, "dropped a misdirected raft message";
+                "group" => %env.group, "to" => %env.to);
+            return;
+        }
+        let ev = Event::Message {
+            from: env.from,
+            msg: &inbound.msg,
+        };
+        self.step(parts, ev, Ctx::Received(&inbound.entries));
+    }
+
+    /// Proposes the collected tasks as one batch.
+    fn flush_proposals(&mut self, parts: &Parts) {
+        if self.st.proposals.is_empty() {
+            return;
+        }
+        let mut tasks = std::mem::take(&mut self.st.proposals);
+        let n = tasks.len();
+        self.shared.pending_applies.fetch_sub(n, Ordering::AcqRel);
+        if let Some(error) = self.shared.refusal() {
+            tasks.drain(..).for_each(|t| t.fail(error.clone()));
+        } else {
+            let term = self.shared.with_core(|c| c.term()).unwrap_or(0);
+            tasks.retain_mut(|t| t.check_expected_term(term));
+            if !tasks.is_empty() {
+                let count = tasks.len() as u64;
+                self.step(parts, Event::Propose { count }, Ctx::Proposals(&mut tasks));
+            }
+            // Tasks the core did not take (neither appended nor rejected) cannot exist; fail
+            // any left so no completion is lost.
+            tasks.drain(..).for_each(|t| t.fail(RaftError::Stopped));
+        }
+        self.st.proposals = tasks;
+    }
+
+    /// Steps the core with `ev` and carries out the resulting actions.
+    fn step(&mut self, parts: &Parts, ev: Event<'_>, mut ctx: Ctx<'_>) {
+        {
+            let mut guard = self.shared.core.lock();
+            let Some(core) = guard.as_mut() else {
+                return;
+            };
+            self.st.actions.extend(core.step(now_ms(), ev).drain());
+        }
+        let mut actions = std::mem::take(&mut self.st.actions);
+        for action in actions.drain(..) {
+            self.execute(parts, action, &mut ctx);
+        }
+        self.st.actions = actions;
+    }
+
+    /// Starts the core (init steps 15 and 17, run here so that every step of the core
+    /// happens on this queue) and carries out its first actions.
+    fn start_core(&mut self, parts: &Parts) {
+        {
+            let mut guard = self.shared.core.lock();
+            let Some(core) = guard.as_mut() else {
+                return;
+            };
+            self.st.actions.extend(core.start(now_ms()).drain());
+        }
+        let mut actions = std::mem::take(&mut self.st.actions);
+        for action in actions.drain(..) {
+            self.execute(parts, action, &mut Ctx::None);
+        }
+        self.st.actions = actions;
+    }
+
+    fn execute(&mut self, parts: &Parts, action: Action, ctx: &mut Ctx<'_>) {
+        let res = match action {
+            Action::PersistHardState(hs) => parts.persist_hard_state(hs),
+            Action::TruncateLog { after } => parts.log.truncate_suffix(after),
+            Action::AppendReceived { range } => match ctx {
+                Ctx::Received(entries) => parts.log.append_entries(entries[range].to_vec()),
+                _ => Err(RaftError::invalid(
+                    "AppendReceived outside an AppendEntries step",
+                )),
+            },
+            Action::AppendProposals { first_index, last } => match ctx {
+                Ctx::Proposals(tasks) => self.append_proposals(parts, tasks, first_index, last),
+                _ => Err(RaftError::invalid(
+                    "AppendProposals outside a proposal step",
+                )),
+            },
+            Action::AppendNoOp(id) => {
+                let noop = LogEntry::new(id, EntryType::NoOp, Bytes::new());
+                parts.log.append_entries(vec![noop])
+            }
+            Action::RejectProposals { leader, .. } => {
+                if let Ctx::Proposals(tasks) = ctx {
+                    let e = RaftError::NotLeader { leader };
+                    tasks.drain(..).for_each(|t| t.fail(e.clone()));
+                }
+                Ok(())
+            }
+            Action::Send { to, msg } => {
+                self.send(parts, to, &msg);
+                Ok(())
+            }
+            Action::SendAppend { to, send } => {
+                parts.replicators.send(to, send);
+                Ok(())
+            }
+            Action::Committed { last_index, .. } => {
+                parts.log.set_committed_index(last_index);
+                parts.fsm.on_committed(last_index)
+            }
+            Action::RoleChanged { role, term, leader } => {
+                self.role_changed(parts, role, term, leader);
+                Ok(())
+            }
+            Action::SetTimer { timer, at_ms } => {
+                parts.timers.set(timer, at_ms);
+                Ok(())
+            }
+            Action::StopTimer(timer) => {
+                parts.timers.stop(timer);
+                Ok(())
+            }
+        };
+        if let Err(e) = res {
+            self.enter_error(parts, e);
+        }
+    }
+
+    /// Appends the proposed tasks as entries `first_index..=last.index` and registers their
+    /// completions; a failed append fails them.
+    fn append_proposals(
+        &mut self,
+        parts: &Parts,
+        tasks: &mut Vec<Task>,
+        first_index: u64,
+        last: LogId,
+    ) -> crate::Result<()> {
+        debug_assert_eq!(last.index + 1 - first_index, tasks.len() as u64);
+        let mut entries = Vec::with_capacity(tasks.len());
+        for (i, task) in tasks.drain(..).enumerate() {
+            let id = LogId::new(first_index + i as u64, last.term);
+            let (data, done) = task.into_parts();
+            if let Some(done) = done {
+                parts.closures.push(id, done);
+            }
+            entries.push(LogEntry::new(id, EntryType::Data, data));
+        }
+        parts.log.append_entries(entries)
+    }
+
+    fn send(&self, parts: &Parts, to: PeerId, msg: &Message) {
+        let env = Envelope {
+            group: self.shared.group.clone(),
+            from: self.shared.peer,
+            to,
+        };
+        let method = method_of(msg);
+        let weak = Arc::downgrade(self.shared);
+        parts.server.call(
+            &parts.caller,
+            to.addr(),
+            method,
+            wire::encode_message(&env, msg),
+            SEND_TIMEOUT,
+            move |res| {
+                if res.is_err() {
+                    if let Some(shared) = weak.upgrade() {
+                        shared.submit(NodeEvent::PeerUnreachable(to));
+                    }
+                }
+            },
+        );
+    }
+
+    fn role_changed(&mut self, parts: &Parts, role: Role, term: u64, leader: Option<PeerId>) {
+        let was_leader = parts.replicators.is_active();
+        let log = &self.shared.logger;
+        slog::info!(log, "role changed"; "role" => ?role, "term" => term, "leader" => ?leader);
+        if role == Role::Leader && !was_leader {
+            let peers = self.shared.with_core(|c| c.configuration().all_peers());
+            parts.replicators.start(term, peers.unwrap_or_default());
+            let _ = parts.fsm.on_leader_start(term);
+        } else if role != Role::Leader && was_leader {
+            parts.replicators.stop();
+            let committed = self.shared.with_core(|c| c.commit_index()).unwrap_or(0);
+            parts
+                .closures
+                .fail_after(committed, &RaftError::NotLeader { leader });
+            let _ = parts.fsm.on_leader_stop(RaftError::NotLeader { leader });
+        }
+        let following = role == Role::Follower && leader.is_some();
+        parts.follow(following.then_some(LeaderChangeContext {
+            leader,
+            term,
+            reason: None,
+        }));
+    }
+
+    fn start_snapshot(&mut self, parts: &Parts, done: Option<Done>) {
+        let Some(storage) = parts.snapshots.clone() else {
+            if let Some(done) = done {
+                done(Err(RaftError::NotSupported {
+                    what: "snapshots (no snapshot storage)",
+                }));
+            }
+            return;
+        };
+        self.st.saving.extend(done);
+        if self.st.snapshot_running {
+            return;
+        }
+        self.st.snapshot_running = true;
+        let weak = Arc::downgrade(self.shared);
+        parts.fsm.save_snapshot(crate::fsm_caller::SaveRequest {
+            storage,
+            done: Box::new(move |r| {
+                if let Some(shared) = weak.upgrade() {
+                    shared.submit(NodeEvent::SnapshotSaved(r));
+                }
+            }),
+        });
+    }
+
+    fn finish_snapshot(&mut self, parts: &Parts, result: crate::Result<SnapshotMeta>) {
+        self.st.snapshot_running = false;
+        let result = result.and_then(|meta| parts.compact(&meta).map(|_| meta));
+        match &result {
+            Ok(meta) => slog::info!(self.shared.logger, "snapshot saved";
+                "last_included" => %meta.last_included),
+            Err(e) => slog::warn!(self.shared.logger, "snapshot failed"; "error" => %e),
+        }
+        for done in self.st.saving.drain(..) {
+            done(result.as_ref().map(|_| ()).map_err(Clone::clone));
+        }
+    }
+
+    /// Enters the error state: the node stops taking part (timers, replication), fails what
+    /// waits, and tells the state machine. Only shutdown follows.
+    pub(crate) fn enter_error(&mut self, parts: &Parts, error: RaftError) {
+        {
+            let mut state = self.shared.state.lock();
+            match &*state {
+                Lifecycle::Active => *state = Lifecycle::Error(error.clone()),
+                _ => return,
+            }
+        }
+        slog::error!(self.shared.logger, "node enters its error state"; "error" => %error);
+        parts.timers.stop_all();
+        parts.replicators.stop();
+        let failure = RaftError::ErrorState {
+            reason: error.to_string(),
+        };
+        self.st
+            .proposals
+            .drain(..)
+            .for_each(|t| t.fail(failure.clone()));
+        parts.closures.fail_all(&failure);
+        let _ = parts.fsm.on_error(error);
+    }
+}
+
+/// The RaftService method a message travels as.
+pub(crate) fn method_of(msg: &Message) -> Method {
+    match msg {
+        Message::VoteRequest(m) if m.pre_vote => Method::PreVote,
+        Message::VoteResponse(m) if m.pre_vote => Method::PreVote,
+        Message::VoteRequest(_) | Message::VoteResponse(_) => Method::RequestVote,
+        Message::AppendEntries(_) | Message::AppendEntriesResponse(_) => Method::AppendEntries,
+        Message::TimeoutNow(_) => Method::TimeoutNow,
+    }
+}

@@ -1,0 +1,161 @@
+//! Small adapters between the node and its components: the log manager as the FSMCaller's
+//! source, the FSMCaller's reports as node events, the term/vote writer on the disk pool, and
+//! the storage wrapper for `sync = false`. Each only forwards or enqueues.
+
+use std::sync::{Arc, Weak};
+
+use super::event::NodeEvent;
+use super::init::Parts;
+use super::NodeShared;
+use crate::core::HardState;
+use crate::error::{RaftError, Result};
+use crate::exec_queue::{Batch, ExecQueue, ExecQueueOptions};
+use crate::fsm_caller::{CommittedLog, FsmListener};
+use crate::log_manager::LogManager;
+use crate::log_storage::LogStorage;
+use crate::meta_storage::RaftMetaStorage;
+use crate::pool::PoolHandle;
+use crate::snapshot::SnapshotMeta;
+use crate::state_machine::LeaderChangeContext;
+use crate::types::{Configuration, LogEntry, LogId};
+
+/// The log manager as the FSMCaller reads it.
+pub(crate) struct LogSource(pub Arc<LogManager>);
+
+impl CommittedLog for LogSource {
+    fn committed_entries(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<LogEntry>> {
+        let count = usize::try_from(to + 1 - from).unwrap_or(usize::MAX);
+        let entries = self.0.entries(from, count, max_bytes);
+        if entries.is_empty() {
+            return Err(RaftError::ErrorState {
+                reason: format!("committed entry {from} is not in the log"),
+            });
+        }
+        Ok(entries)
+    }
+
+    fn configuration_at(&self, index: u64) -> Result<Configuration> {
+        Ok(self.0.configuration_at(index).conf)
+    }
+}
+
+/// The FSMCaller's reports, as events on the node's queue.
+pub(crate) struct FsmToNode(pub Weak<NodeShared>);
+
+impl FsmListener for FsmToNode {
+    fn on_applied(&self, applied: LogId) {
+        if let Some(node) = self.0.upgrade() {
+            node.submit(NodeEvent::Applied(applied));
+        }
+    }
+
+    fn on_fsm_error(&self, error: RaftError) {
+        if let Some(node) = self.0.upgrade() {
+            node.submit(NodeEvent::Fatal(error));
+        }
+    }
+}
+
+/// Starts the term/vote writer: a queue on the disk pool that writes the newest state of
+/// each drained batch atomically (temp, sync, rename, sync dir) and reports it durable. A
+/// failed write is fatal for the node and never retried.
+pub(crate) fn start_meta_writer(
+    mut meta: RaftMetaStorage,
+    pool: &PoolHandle,
+    node: Weak<NodeShared>,
+    logger: slog::Logger,
+) -> ExecQueue<HardState> {
+    let opts = ExecQueueOptions {
+        logger,
+        ..ExecQueueOptions::new("raft_meta")
+    };
+    ExecQueue::start(pool, opts, move |batch: &mut Batch<'_, HardState>| {
+        // States only move forward, so the last of a batch covers the ones before it.
+        let Some(hs) = batch.last() else {
+            return;
+        };
+        let result = meta.set_term_and_voted_for(hs.term, hs.voted_for);
+        if let Some(node) = node.upgrade() {
+            node.submit(match result {
+                Ok(()) => NodeEvent::HardStatePersisted(hs),
+                Err(e) => NodeEvent::Fatal(e),
+            });
+        }
+    })
+}
+
+/// A log storage whose `sync` does nothing (`NodeOptions::sync = false`): entries count as
+/// durable once written. Trades the guarantee of RELIABILITY.md for latency, on request.
+pub(crate) struct NoSync(pub Arc<dyn LogStorage>);
+
+impl LogStorage for NoSync {
+    fn first_log_index(&self) -> u64 {
+        self.0.first_log_index()
+    }
+    fn last_log_index(&self) -> u64 {
+        self.0.last_log_index()
+    }
+    fn term_at(&self, index: u64) -> Option<u64> {
+        self.0.term_at(index)
+    }
+    fn get(&self, index: u64) -> Option<LogEntry> {
+        self.0.get(index)
+    }
+    fn append_entries(&self, entries: &[LogEntry]) -> Result<()> {
+        self.0.append_entries(entries)
+    }
+    fn truncate_prefix(&self, first_index_kept: u64) -> Result<()> {
+        self.0.truncate_prefix(first_index_kept)
+    }
+    fn truncate_suffix(&self, last_index_kept: u64) -> Result<()> {
+        self.0.truncate_suffix(last_index_kept)
+    }
+    fn reset(&self, next_log_index: u64) -> Result<()> {
+        self.0.reset(next_log_index)
+    }
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
+    fn close(&self) -> Result<()> {
+        self.0.close()
+    }
+}
+
+impl Parts {
+    /// Queues term and vote for the meta writer.
+    pub(crate) fn persist_hard_state(&self, hs: HardState) -> Result<()> {
+        self.meta.submit(hs).map_err(|r| r.error)
+    }
+
+    /// Records a saved snapshot with the log manager and compacts the log behind it, keeping
+    /// `snapshot_log_margin` entries for followers that are slightly behind.
+    pub(crate) fn compact(&self, meta: &SnapshotMeta) -> Result<()> {
+        let last = meta.last_included;
+        self.log.set_snapshot(last, meta.conf.clone())?;
+        let keep_from = last.index.saturating_sub(self.limits.snapshot_log_margin) + 1;
+        if keep_from > self.log.first_log_index() {
+            self.log.truncate_prefix(keep_from)?;
+        }
+        Ok(())
+    }
+
+    /// Tells the state machine when the followed leader changes.
+    pub(crate) fn follow(&self, now: Option<LeaderChangeContext>) {
+        let mut following = self.following.lock();
+        let same = match (&*following, &now) {
+            (Some(a), Some(b)) => a.leader == b.leader && a.term == b.term,
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        if let Some(old) = following.take() {
+            let _ = self.fsm.on_stop_following(old);
+        }
+        if let Some(new) = now {
+            let _ = self.fsm.on_start_following(new.clone());
+            *following = Some(new);
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! [`NodeStatus`]: a snapshot of one node's state for users, tests and the Stat service.
+
+use std::fmt;
+
+use super::{Lifecycle, Node};
+use crate::core::Role;
+use crate::error::RaftError;
+use crate::types::{Configuration, GroupId, LogId, PeerId};
+
+/// What a node is doing, read under its locks at one moment.
+#[derive(Clone, Debug)]
+pub struct NodeStatus {
+    /// The group.
+    pub group: GroupId,
+    /// This peer.
+    pub peer: PeerId,
+    /// `None` before init and after join; the role otherwise.
+    pub role: Option<Role>,
+    /// The current term.
+    pub term: u64,
+    /// The leader known, if any.
+    pub leader: Option<PeerId>,
+    /// The commit index.
+    pub commit_index: u64,
+    /// The last applied entry.
+    pub applied: LogId,
+    /// The last log entry.
+    pub last_log_id: LogId,
+    /// The first index the log holds.
+    pub first_log_index: u64,
+    /// The configuration in force.
+    pub conf: Configuration,
+    /// Per follower (leader only): frames sent, entries sent, and the first index it needs
+    /// that the log no longer holds (0: none; it then waits for a snapshot install).
+    pub replicators: Vec<(PeerId, u64, u64, u64)>,
+    /// Tasks accepted by `apply` and not yet proposed.
+    pub pending_applies: usize,
+    /// The node's error, in its error state.
+    pub error: Option<RaftError>,
+    /// Shut down (or never initialized).
+    pub stopped: bool,
+}
+
+impl Node {
+    /// The node's state now.
+    pub fn status(&self) -> NodeStatus {
+        let shared = &self.shared;
+        let lifecycle = shared.state.lock().clone();
+        let mut st = NodeStatus {
+            group: shared.group.clone(),
+            peer: shared.peer,
+            role: None,
+            term: 0,
+            leader: None,
+            commit_index: 0,
+            applied: LogId::default(),
+            last_log_id: LogId::default(),
+            first_log_index: 0,
+            conf: Configuration::default(),
+            replicators: Vec::new(),
+            pending_applies: shared
+                .pending_applies
+                .load(std::sync::atomic::Ordering::Relaxed),
+            error: match &lifecycle {
+                Lifecycle::Error(e) => Some(e.clone()),
+                _ => None,
+            },
+            stopped: matches!(lifecycle, Lifecycle::ShuttingDown | Lifecycle::New),
+        };
+        shared.with_core(|c| {
+            st.role = Some(c.role());
+            st.term = c.term();
+            st.leader = c.leader();
+            st.commit_index = c.commit_index();
+            st.last_log_id = c.last_log_id();
+            st.conf = c.configuration().clone();
+        });
+        if let Some(parts) = shared.parts() {
+            st.applied = parts.fsm.last_applied();
+            st.first_log_index = parts.log.first_log_index();
+            st.replicators = parts.replicators.stats();
+        }
+        st
+    }
+}
+
+impl fmt::Display for NodeStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "group: {}", self.group)?;
+        writeln!(f, "peer: {}", self.peer)?;
+        match self.role {
+            Some(r) => writeln!(f, "role: {r:?}")?,
+            None => writeln!(f, "role: -")?,
+        }
+        writeln!(f, "term: {}", self.term)?;
+        match self.leader {
+            Some(l) => writeln!(f, "leader: {l}")?,
+            None => writeln!(f, "leader: -")?,
+        }
+        writeln!(f, "conf: {}", self.conf)?;
+        writeln!(
+            f,
+            "log: first {} last {}",
+            self.first_log_index, self.last_log_id
+        )?;
+        writeln!(f, "commit: {}", self.commit_index)?;
+        writeln!(f, "applied: {}", self.applied)?;
+        writeln!(f, "pending_applies: {}", self.pending_applies)?;
+        for (p, frames, entries, behind) in &self.replicators {
+            write!(f, "replicator {p}: frames {frames} entries {entries}")?;
+            if *behind > 0 {
+                write!(
+                    f,
+                    " BEHIND COMPACTION (needs {behind}, snapshot install required)"
+                )?;
+            }
+            writeln!(f)?;
+        }
+        if let Some(e) = &self.error {
+            writeln!(f, "error: {e}")?;
+        }
+        if self.stopped {
+            writeln!(f, "stopped")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,123 @@
+//! A recording state machine for cluster tests: it keeps every applied entry in order, so
+//! tests can compare nodes, check nothing is applied twice, and snapshot/restore the list.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use traft::snapshot::{SnapshotReader, SnapshotWriter};
+use traft::state_machine::{Iter, SnapshotDone, StateMachine};
+use traft::RaftError;
+
+#[derive(Default)]
+pub struct KvState {
+    /// (index, data) of every applied data entry, in apply order.
+    pub applied: Vec<(u64, Bytes)>,
+    /// Problems seen (an index applied twice or out of order).
+    pub violations: Vec<String>,
+    pub leader_terms: Vec<u64>,
+    pub errors: Vec<String>,
+    pub snapshots_loaded: u64,
+}
+
+/// Shared view of one node's state machine.
+#[derive(Clone, Default)]
+pub struct KvHandle(pub Arc<Mutex<KvState>>);
+
+impl KvHandle {
+    pub fn len(&self) -> usize {
+        self.0.lock().applied.len()
+    }
+    pub fn last_index(&self) -> u64 {
+        self.0.lock().applied.last().map_or(0, |(i, _)| *i)
+    }
+    pub fn data(&self) -> Vec<Bytes> {
+        self.0
+            .lock()
+            .applied
+            .iter()
+            .map(|(_, d)| d.clone())
+            .collect()
+    }
+    pub fn violations(&self) -> Vec<String> {
+        self.0.lock().violations.clone()
+    }
+    pub fn reset(&self) {
+        *self.0.lock() = KvState::default();
+    }
+}
+
+pub struct KvSm {
+    h: KvHandle,
+}
+
+impl KvSm {
+    pub fn new(h: KvHandle) -> KvSm {
+        KvSm { h }
+    }
+}
+
+fn encode(list: &[(u64, Bytes)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, d) in list {
+        out.extend_from_slice(&i.to_le_bytes());
+        out.extend_from_slice(&(d.len() as u32).to_le_bytes());
+        out.extend_from_slice(d);
+    }
+    out
+}
+
+fn decode(mut b: &[u8]) -> Option<Vec<(u64, Bytes)>> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let i = u64::from_le_bytes(b.get(..8)?.try_into().ok()?);
+        let n = u32::from_le_bytes(b.get(8..12)?.try_into().ok()?) as usize;
+        out.push((i, Bytes::copy_from_slice(b.get(12..12 + n)?)));
+        b = &b[12 + n..];
+    }
+    Some(out)
+}
+
+impl StateMachine for KvSm {
+    fn on_apply(&mut self, iter: &mut Iter<'_>) {
+        for mut e in iter {
+            if &e.data[..] == b"panic" {
+                panic!("test state machine asked to panic at {}", e.index);
+            }
+            let mut st = self.h.0.lock();
+            let last = st.applied.last().map_or(0, |(i, _)| *i);
+            if e.index <= last {
+                let v = format!("index {} applied after {last}", e.index);
+                st.violations.push(v);
+            }
+            st.applied.push((e.index, e.data.clone()));
+            e.respond(Bytes::from(e.index.to_string()));
+        }
+    }
+
+    fn on_leader_start(&mut self, term: u64) {
+        self.h.0.lock().leader_terms.push(term);
+    }
+
+    fn on_error(&mut self, e: &RaftError) {
+        self.h.0.lock().errors.push(e.to_string());
+    }
+
+    fn on_snapshot_save(&mut self, mut writer: SnapshotWriter, done: SnapshotDone) {
+        let bytes = encode(&self.h.0.lock().applied);
+        match writer.write_file("kv", &bytes) {
+            Ok(()) => done.complete(Ok(writer)),
+            Err(e) => done.complete(Err(e)),
+        }
+    }
+
+    fn on_snapshot_load(&mut self, reader: &SnapshotReader) -> traft::Result<()> {
+        let bytes = std::fs::read(reader.file_path("kv"))
+            .map_err(|e| RaftError::io("read", Some(&reader.file_path("kv")), &e))?;
+        let list = decode(&bytes).ok_or_else(|| RaftError::invalid("bad kv snapshot"))?;
+        let mut st = self.h.0.lock();
+        st.applied = list;
+        st.snapshots_loaded += 1;
+        Ok(())
+    }
+}
