@@ -46,8 +46,6 @@ pub(crate) enum NodeEvent {
     HardStatePersisted(HardState),
     /// The transport could not deliver to this peer.
     PeerUnreachable(PeerId),
-    /// The state machine applied up to here.
-    Applied(LogId),
     /// The snapshot timer fired.
     SnapshotTick,
     /// A user asked for a snapshot.
@@ -163,7 +161,6 @@ impl Shell<'_> {
                 self.step(parts, Event::HardStatePersisted(hs), Ctx::None)
             }
             NodeEvent::PeerUnreachable(p) => self.step(parts, Event::PeerUnreachable(p), Ctx::None),
-            NodeEvent::Applied(_) => {}
             NodeEvent::SnapshotTick => self.start_snapshot(parts, None),
             NodeEvent::Snapshot(done) => self.start_snapshot(parts, Some(done)),
             NodeEvent::SnapshotSaved(result) => self.finish_snapshot(parts, result),

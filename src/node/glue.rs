@@ -43,10 +43,8 @@ impl CommittedLog for LogSource {
 pub(crate) struct FsmToNode(pub Weak<NodeShared>);
 
 impl FsmListener for FsmToNode {
-    fn on_applied(&self, applied: LogId) {
-        if let Some(node) = self.0.upgrade() {
-            node.submit(NodeEvent::Applied(applied));
-        }
+    fn on_applied(&self, _applied: LogId) {
+        // Nothing waits on applied progress yet (status reads the FSMCaller directly).
     }
 
     fn on_fsm_error(&self, error: RaftError) {

@@ -67,7 +67,6 @@ pub(crate) struct Parts {
     pub caller_queue: ExecQueue<Completion>,
     pub limits: Limits,
     pub following: Mutex<Option<LeaderChangeContext>>,
-    pub runtime: Runtime,
     pub _dir_lock: DirLock,
 }
 
@@ -327,10 +326,12 @@ fn init_steps(shared: &Arc<NodeShared>, mut opts: NodeOptions, undo: &mut Undo) 
     log.check_consistency()?;
     trace(shared, 9, "log and snapshot consistent");
 
-    // 10. The configuration: the newest in the log or snapshot, else the initial one.
-    let (conf, conf_index) = if log.last_log_index() > 0 {
-        let c = log.last_configuration();
-        (c.conf, c.id.index)
+    // 10. The configuration: the newest in the log or snapshot, else the initial one. A log
+    //     that holds entries but no configuration entry was written under the initial
+    //     configuration (leaders open their terms with a no-op, not a configuration entry).
+    let newest = log.last_configuration();
+    let (conf, conf_index) = if log.last_log_index() > 0 && !newest.conf.is_empty() {
+        (newest.conf, newest.id.index)
     } else {
         (opts.initial_conf.clone(), 0)
     };
@@ -419,7 +420,6 @@ fn init_steps(shared: &Arc<NodeShared>, mut opts: NodeOptions, undo: &mut Undo) 
         caller_queue,
         limits,
         following: Mutex::new(None),
-        runtime,
         _dir_lock: dir_lock,
     });
     *shared.parts.lock() = Some(parts.clone());

@@ -203,6 +203,25 @@ impl Node {
         init::join(&self.shared);
     }
 
+    /// Saves a snapshot of the state machine now and compacts the log behind it (keeping
+    /// `snapshot_log_margin` entries); `done` gets the outcome. A request made while a save
+    /// runs completes with that save.
+    pub fn snapshot(&self, done: impl FnOnce(Result<()>) + Send + 'static) {
+        if let Err(e) = active(&self.shared) {
+            return done(Err(e));
+        }
+        self.shared.submit(NodeEvent::Snapshot(Box::new(done)));
+    }
+
+    /// [`Node::snapshot`], waiting for the outcome.
+    pub fn snapshot_wait(&self) -> Result<()> {
+        let (tx, rx) = crossbeam::channel::bounded(1);
+        self.snapshot(move |r| {
+            let _ = tx.send(r);
+        });
+        rx.recv().unwrap_or(Err(RaftError::Stopped))
+    }
+
     /// The node's error, if it entered its error state.
     pub fn error(&self) -> Option<RaftError> {
         match &*self.shared.state.lock() {

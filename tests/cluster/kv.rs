@@ -18,6 +18,8 @@ pub struct KvState {
     pub leader_terms: Vec<u64>,
     pub errors: Vec<String>,
     pub snapshots_loaded: u64,
+    /// Panic when applying this payload (to test a user-callback panic on one node).
+    pub panic_on: Option<Bytes>,
 }
 
 /// Shared view of one node's state machine.
@@ -81,10 +83,11 @@ fn decode(mut b: &[u8]) -> Option<Vec<(u64, Bytes)>> {
 impl StateMachine for KvSm {
     fn on_apply(&mut self, iter: &mut Iter<'_>) {
         for mut e in iter {
-            if &e.data[..] == b"panic" {
+            let mut st = self.h.0.lock();
+            if st.panic_on.as_ref() == Some(&e.data) {
+                drop(st);
                 panic!("test state machine asked to panic at {}", e.index);
             }
-            let mut st = self.h.0.lock();
             let last = st.applied.last().map_or(0, |(i, _)| *i);
             if e.index <= last {
                 let v = format!("index {} applied after {last}", e.index);
