@@ -26,7 +26,7 @@ const BATCHES: [usize; 3] = [1, 32, 256];
 /// too ("the same bytes").
 const RECORD_HEADER: usize = 25;
 const BATCH_END: usize = 41;
-const ROUNDS: usize = 9;
+const ROUNDS: usize = 21;
 
 fn bench_dir() -> PathBuf {
     let dir = std::env::var_os("TRAFT_BENCH_DIR")
@@ -36,13 +36,14 @@ fn bench_dir() -> PathBuf {
     dir
 }
 
-/// Batches per timed run: about 0.1-0.5 s each on a disk syncing in ~0.2 ms.
+/// Batches per timed run: about 20-100 ms each on a disk syncing in ~0.2 ms, so that many
+/// short alternating rounds see the same background load.
 fn batches_per_run(size: usize, batch: usize) -> usize {
     match (size, batch) {
-        (_, 1) => 400,
-        (_, 32) => 150,
-        (256, _) => 80,
-        _ => 16,
+        (_, 1) => 200,
+        (_, 32) => 100,
+        (256, _) => 50,
+        _ => 10,
     }
 }
 
@@ -50,12 +51,19 @@ fn batch_bytes(size: usize, batch: usize) -> usize {
     batch * (RECORD_HEADER + size) + BATCH_END
 }
 
+/// Bytes appended to a storage before its closed segments are dropped (not timed).
+const STORAGE_BYTES_KEPT: usize = 512 << 20;
+/// Size of the raw baseline's preallocated file, as a segment's; recreated (not timed) when
+/// full, where the storage pays its segment rollover inside the timing.
+const RAW_FILE_BYTES: u64 = 64 << 20;
+
 /// One storage for a case, appended to across runs.
 struct StorageCase {
     storage: SegmentLogStorage,
     payload: Bytes,
     batch: usize,
     next: u64,
+    bytes_since_compaction: usize,
 }
 
 impl StorageCase {
@@ -73,6 +81,7 @@ impl StorageCase {
             payload,
             batch,
             next: 1,
+            bytes_since_compaction: 0,
         };
         case.run(1); // creates the first segment outside any timing
         case
@@ -100,31 +109,58 @@ impl StorageCase {
             self.storage.append_entries(b).expect("append");
         }
         let elapsed = start.elapsed();
-        // Keep the disk use bounded: drop closed segments between runs (not timed).
-        let last = self.storage.last_log_index();
-        self.storage.truncate_prefix(last).expect("truncate_prefix");
+        // Keep the disk use bounded: drop closed segments now and then (not timed).
+        self.bytes_since_compaction += n * batch_bytes(self.payload.len(), self.batch);
+        if self.bytes_since_compaction > STORAGE_BYTES_KEPT {
+            let last = self.storage.last_log_index();
+            self.storage.truncate_prefix(last).expect("truncate_prefix");
+            self.bytes_since_compaction = 0;
+        }
         elapsed
     }
 }
 
-/// The raw baseline: `n` batches of `bytes` each, pwrite + fdatasync, into a fresh file
-/// preallocated with fallocate (as a segment is). Returns the time and each sync's latency.
-fn run_raw(dir: &Path, bytes: usize, n: usize) -> (Duration, Vec<Duration>) {
-    let path = dir.join("raw.bin");
-    let file = fresh_preallocated(&path, (bytes * n) as u64);
-    let buf = vec![0x5au8; bytes];
-    let mut syncs = Vec::with_capacity(n);
-    let start = Instant::now();
-    for i in 0..n {
-        file.write_all_at(&buf, (i * bytes) as u64).expect("pwrite");
-        let t = Instant::now();
-        file.sync_data().expect("fdatasync");
-        syncs.push(t.elapsed());
+/// The raw baseline: the same bytes per batch, one pwrite + one fdatasync each, appended at
+/// increasing offsets of a plain file preallocated with fallocate (as a segment is).
+struct RawCase {
+    path: PathBuf,
+    file: File,
+    offset: u64,
+    buf: Vec<u8>,
+}
+
+impl RawCase {
+    fn new(dir: &Path, bytes: usize) -> RawCase {
+        let path = dir.join("raw.bin");
+        let file = fresh_preallocated(&path, RAW_FILE_BYTES);
+        RawCase {
+            path,
+            file,
+            offset: 0,
+            buf: vec![0x5au8; bytes],
+        }
     }
-    let elapsed = start.elapsed();
-    drop(file);
-    let _ = std::fs::remove_file(&path);
-    (elapsed, syncs)
+
+    /// Runs `n` batches; returns the time and each sync's latency.
+    fn run(&mut self, n: usize) -> (Duration, Vec<Duration>) {
+        let bytes = self.buf.len() as u64;
+        if self.offset + bytes * n as u64 > RAW_FILE_BYTES {
+            self.file = fresh_preallocated(&self.path, RAW_FILE_BYTES.max(bytes * n as u64));
+            self.offset = 0;
+        }
+        let mut syncs = Vec::with_capacity(n);
+        let start = Instant::now();
+        for _ in 0..n {
+            self.file
+                .write_all_at(&self.buf, self.offset)
+                .expect("pwrite");
+            self.offset += bytes;
+            let t = Instant::now();
+            self.file.sync_data().expect("fdatasync");
+            syncs.push(t.elapsed());
+        }
+        (start.elapsed(), syncs)
+    }
 }
 
 fn fresh_preallocated(path: &Path, len: u64) -> File {
@@ -151,8 +187,9 @@ fn criterion_benches(c: &mut Criterion, dir: &Path) {
         for batch in BATCHES {
             g.throughput(Throughput::Elements(batch as u64));
             let bytes = batch_bytes(size, batch);
+            let mut raw = RawCase::new(dir, bytes);
             g.bench_function(BenchmarkId::new("raw_pwrite_fdatasync", batch), |b| {
-                b.iter_custom(|iters| run_raw(dir, bytes, iters as usize).0)
+                b.iter_custom(|iters| raw.run(iters as usize).0)
             });
             let mut case = StorageCase::new(dir, size, batch);
             g.bench_function(BenchmarkId::new("segment_storage", batch), |b| {
@@ -175,7 +212,7 @@ fn percentile(v: &mut [Duration], p: f64) -> Duration {
 
 /// fdatasync latency after a 4 KiB pwrite, as the baseline at batch 1 of 4 KiB sees it.
 fn sync_latency(dir: &Path) {
-    let (_, mut syncs) = run_raw(dir, 4096, 1000);
+    let (_, mut syncs) = RawCase::new(dir, 4096).run(1000);
     println!(
         "\nfdatasync after a 4 KiB pwrite (1000 syncs): p50={:.3}ms p90={:.3}ms p99={:.3}ms",
         percentile(&mut syncs, 0.5).as_secs_f64() * 1e3,
@@ -194,10 +231,18 @@ fn summary(dir: &Path) {
             let n = batches_per_run(size, batch);
             let bytes = batch_bytes(size, batch);
             let mut case = StorageCase::new(dir, size, batch);
+            let mut raw_case = RawCase::new(dir, bytes);
             let (mut st, mut raw, mut ratio, mut sync) = (vec![], vec![], vec![], vec![]);
-            for _ in 0..ROUNDS {
-                let (r, syncs) = run_raw(dir, bytes, n);
-                let s = case.run(n);
+            for round in 0..ROUNDS {
+                // Alternate which side goes first, so neither always follows the other's
+                // writeback.
+                let ((r, syncs), s) = if round % 2 == 0 {
+                    let r = raw_case.run(n);
+                    (r, case.run(n))
+                } else {
+                    let s = case.run(n);
+                    (raw_case.run(n), s)
+                };
                 let entries = (n * batch) as f64;
                 raw.push(entries / r.as_secs_f64());
                 st.push(entries / s.as_secs_f64());

@@ -34,7 +34,11 @@ fn entry(index: u64, len: usize) -> LogEntry {
 fn file_too_large_is_a_clear_io_error_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_appends_until_the_file_size_limit", "--nocapture"])
+        .args([
+            "--exact",
+            "child_appends_until_the_file_size_limit",
+            "--nocapture",
+        ])
         .env(CHILD_ENV, dir.path())
         .output()
         .unwrap();
@@ -82,7 +86,13 @@ fn child_appends_until_the_file_size_limit() {
     let err = s.append_entries(&[entry(acked + 1, 2 << 20)]).unwrap_err();
     assert!(err.is_no_space(), "{err}");
     assert!(
-        matches!(&err, RaftError::Io { errno: Some(libc::EFBIG), .. }),
+        matches!(
+            &err,
+            RaftError::Io {
+                errno: Some(libc::EFBIG),
+                ..
+            }
+        ),
         "{err:?}"
     );
     let again = s.append_entries(&[entry(acked + 1, 10)]).unwrap_err();
