@@ -66,6 +66,11 @@ pub enum FaultKind {
     /// On a write: store the first half and return its length; the file's next write fails
     /// with ENOSPC. Other operations: fail with ENOSPC.
     ShortWrite,
+    /// On a file sync: report success but make nothing durable, as if the process died
+    /// between its write and the sync's effect (a crash "during" a batch: its pages are then
+    /// lost, or written back in any order by `crash(CrashMode::Torn)`). Other operations:
+    /// no effect.
+    SkipSync,
 }
 
 /// One injected fault: which operations it hits and how often.
@@ -377,7 +382,7 @@ impl State {
 
     fn fail(&mut self, op: FaultOp, name: &'static str, path: &Path) -> Result<()> {
         match self.check(op, path) {
-            None => Ok(()),
+            None | Some(FaultKind::SkipSync) => Ok(()),
             Some(FaultKind::Eio) => Err(os_err(name, path, libc::EIO)),
             Some(_) => Err(os_err(name, path, libc::ENOSPC)),
         }

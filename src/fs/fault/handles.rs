@@ -56,7 +56,7 @@ impl File for FaultFile {
         }
         let mut len = buf.len();
         match st.check(FaultOp::Write, self.path()) {
-            None => {}
+            None | Some(FaultKind::SkipSync) => {}
             Some(FaultKind::Eio) => return Err(os_err("write", self.path(), libc::EIO)),
             Some(FaultKind::NoSpace) => return Err(os_err("write", self.path(), libc::ENOSPC)),
             Some(FaultKind::ShortWrite) => len = (buf.len() / 2).max(1).min(buf.len()),
@@ -84,7 +84,11 @@ impl File for FaultFile {
         let mut st = self.state.lock();
         self.live(&st, "fsync")?;
         st.stats.syncs += 1;
-        if let Some(kind) = st.check(FaultOp::Sync, self.path()) {
+        let fault = st.check(FaultOp::Sync, self.path());
+        if fault == Some(FaultKind::SkipSync) {
+            return Ok(());
+        }
+        if let Some(kind) = fault {
             // As after a failed writeback on Linux: the dirty pages are marked clean and their
             // contents will never reach the disk, whatever later syncs report.
             if let Some(Node::File { dirty, .. }) = st.nodes.get_mut(&self.ino) {

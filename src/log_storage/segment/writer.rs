@@ -1,0 +1,425 @@
+//! The mutators of a [`SegmentLogStorage`](super::SegmentLogStorage): append (with segment
+//! rollover), truncate_prefix, truncate_suffix, reset, sync and close.
+//!
+//! Runs on the disk pool, one call at a time, under the storage's writer lock (which readers
+//! never take). The write discipline that recovery relies on:
+//! - a batch is written with one `pwrite` at the open segment's `write_offset` (entries, then
+//!   its batch end) and synced before it is published to readers and before anything else is
+//!   written to that segment;
+//! - bytes at and after `write_offset` are zeros never written before; nothing below it is
+//!   ever written again (a torn segment is sealed, never appended to);
+//! - any IO error leaves the storage failed: no further writes, no retried sync.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use slog::Logger;
+
+use crate::error::{RaftError, Result};
+use crate::fs::{self, File, FileSystem, OpenOptions};
+use crate::log_storage::memory::check_batch;
+use crate::log_storage::segment::format::{
+    self, encode_batch_end, encode_entry, entry_record_len, BatchEnd, LogMeta, SegmentHeader,
+    BATCH_END_LEN, HEADER_LEN, META_FILE,
+};
+use crate::log_storage::segment::index::{Index, SegmentView};
+use crate::log_storage::segment::{SegmentLogStorageOptions, ENTRY_DATA_MAX};
+use crate::types::LogEntry;
+
+/// The segment appends go to.
+pub(crate) struct OpenSegment {
+    pub file: Arc<dyn File>,
+    pub first_index: u64,
+    pub salt: u64,
+    /// Invariant: every byte at and after this offset is a zero never written before.
+    pub write_offset: u64,
+    /// The file's preallocated length.
+    pub capacity: u64,
+}
+
+impl OpenSegment {
+    /// Bytes a batch's entries may take: the rest minus its batch end and the space kept for
+    /// the close record.
+    fn room(&self) -> u64 {
+        self.capacity
+            .saturating_sub(self.write_offset)
+            .saturating_sub(2 * BATCH_END_LEN)
+    }
+}
+
+/// The writer's state.
+pub(crate) struct Writer {
+    fs: Arc<dyn FileSystem>,
+    dir: PathBuf,
+    meta: LogMeta,
+    open: Option<OpenSegment>,
+    /// Reused encoding buffer of one batch.
+    buf: Vec<u8>,
+    /// The first IO error; once set, every mutator refuses.
+    failed: Option<RaftError>,
+    closed: bool,
+    segment_size: u64,
+    logger: Logger,
+}
+
+fn new_salt() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(crate::types::Rng::from_entropy().next_u64());
+    h.finish()
+}
+
+impl Writer {
+    pub fn new(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        meta: LogMeta,
+        open: Option<OpenSegment>,
+        opts: &SegmentLogStorageOptions,
+    ) -> Writer {
+        Writer {
+            fs,
+            dir: dir.to_path_buf(),
+            meta,
+            open,
+            buf: Vec::new(),
+            failed: None,
+            closed: false,
+            segment_size: opts.segment_size,
+            logger: opts.logger.clone(),
+        }
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if self.closed {
+            return Err(RaftError::Stopped);
+        }
+        match &self.failed {
+            Some(e) => Err(RaftError::ErrorState {
+                reason: format!("log storage failed earlier: {e}"),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs a mutation; an error from it fails the storage for good.
+    fn guarded<T>(&mut self, f: impl FnOnce(&mut Writer) -> Result<T>) -> Result<T> {
+        self.check_usable()?;
+        let r = f(self);
+        if let Err(e) = &r {
+            if !matches!(e, RaftError::Invalid { .. }) {
+                slog::error!(self.logger, "log storage failed; refusing further writes";
+                    "error" => %e);
+                self.failed = Some(e.clone());
+            }
+        }
+        r
+    }
+
+    pub fn append_entries(&mut self, index: &RwLock<Index>, entries: &[LogEntry]) -> Result<()> {
+        self.guarded(|w| {
+            check_batch(entries, index.read().last_log_index + 1)?;
+            if let Some(e) = entries
+                .iter()
+                .find(|e| e.data.len() as u64 > ENTRY_DATA_MAX)
+            {
+                return Err(RaftError::invalid(format!(
+                    "entry {} has {} bytes; a segment holds at most {ENTRY_DATA_MAX}",
+                    e.id,
+                    e.data.len()
+                )));
+            }
+            debug_assert!(entries.iter().all(|e| e.verify().is_ok()), "bad entry CRC");
+            let mut i = 0;
+            while i < entries.len() {
+                i = w.append_chunk(index, &entries[i..])? + i;
+            }
+            Ok(())
+        })
+    }
+
+    /// Writes as many of `entries` as fit in the open segment (rolling to a new one first if
+    /// not even the first fits) as one synced batch; returns how many.
+    fn append_chunk(&mut self, index: &RwLock<Index>, entries: &[LogEntry]) -> Result<usize> {
+        let first_len = entry_record_len(&entries[0]);
+        if self.open.as_ref().is_none_or(|o| o.room() < first_len) {
+            self.roll(index, entries[0].id.index, first_len)?;
+        }
+        let Some(open) = self.open.as_mut() else {
+            return Err(invariant("no open segment after rollover"));
+        };
+        let room = open.room();
+        let (mut used, mut n) = (0u64, 0usize);
+        for e in entries {
+            let len = entry_record_len(e);
+            if used + len > room {
+                break;
+            }
+            used += len;
+            n += 1;
+        }
+        let batch = &entries[..n];
+        self.buf.clear();
+        let start = open.write_offset;
+        let mut offsets = Vec::with_capacity(n);
+        for e in batch {
+            offsets.push((start + self.buf.len() as u64) as u32);
+            encode_entry(&mut self.buf, e);
+        }
+        let end = BatchEnd {
+            start,
+            first_index: batch[0].id.index,
+            last_index: batch[n - 1].id.index,
+        };
+        encode_batch_end(&mut self.buf, open.salt, &end);
+        fs::write_all_at(&*open.file, &self.buf, start)?;
+        open.file.sync_data()?;
+        open.write_offset += self.buf.len() as u64;
+        let mut idx = index.write();
+        let Some(seg) = idx.segments.last_mut().filter(|s| s.open) else {
+            return Err(invariant("open segment missing from the index"));
+        };
+        seg.offsets.extend_from_slice(&offsets);
+        idx.last_log_index = end.last_index;
+        idx.push_terms(batch.iter().map(|e| (e.id.index, e.id.term)));
+        Ok(n)
+    }
+
+    /// Seals the open segment (or removes it if it holds nothing) and creates a new one
+    /// starting at `first_index` with room for a record of `need` bytes.
+    fn roll(&mut self, index: &RwLock<Index>, first_index: u64, need: u64) -> Result<()> {
+        if let Some(old) = self.open.take() {
+            let from = self.dir.join(format::open_name(old.first_index));
+            let mut idx = index.write();
+            let seg = idx.segments.last_mut().filter(|s| s.open);
+            match seg {
+                Some(seg) if !seg.offsets.is_empty() => {
+                    seg.open = false;
+                    let last = seg.last_index();
+                    drop(idx);
+                    // The directory sync of the new segment's creation makes this durable.
+                    self.fs.rename(
+                        &from,
+                        &self.dir.join(format::closed_name(old.first_index, last)),
+                    )?;
+                }
+                Some(_) => {
+                    // Open but empty (and too small for the entry): nothing to seal.
+                    idx.segments.pop();
+                    drop(idx);
+                    self.fs.remove_file(&from)?;
+                }
+                None => return Err(invariant("the open segment is not last in the index")),
+            }
+        }
+        // An entry larger than a segment gets one of exactly its size: nothing else fits.
+        let capacity = self.segment_size.max(HEADER_LEN + need + 2 * BATCH_END_LEN);
+        let seg = self.create_segment(first_index, capacity)?;
+        index.write().segments.push(SegmentView {
+            first_index,
+            offsets: Vec::new(),
+            map: seg.file.map(capacity)?,
+            open: true,
+        });
+        self.open = Some(seg);
+        Ok(())
+    }
+
+    fn create_segment(&mut self, first_index: u64, capacity: u64) -> Result<OpenSegment> {
+        let path = self.dir.join(format::open_name(first_index));
+        if self.fs.exists(&path) {
+            // A stale file of an older epoch whose removal failed; its inode lives on for
+            // any reader still holding its mapping.
+            self.fs.remove_file(&path)?;
+        }
+        let file = self.fs.open(&path, OpenOptions::CREATE_NEW)?;
+        if let Err(e) = file.allocate(capacity) {
+            let _ = self.fs.remove_file(&path);
+            return Err(e);
+        }
+        let header = SegmentHeader {
+            first_index,
+            epoch: self.meta.epoch,
+            salt: new_salt(),
+        };
+        fs::write_all_at(&*file, &format::encode_header(&header), 0)?;
+        file.sync_data()?;
+        self.fs.sync_dir(&self.dir)?;
+        Ok(OpenSegment {
+            file,
+            first_index,
+            salt: header.salt,
+            write_offset: HEADER_LEN,
+            capacity,
+        })
+    }
+
+    fn segment_path(&self, seg: &SegmentView, last: u64) -> PathBuf {
+        if seg.open {
+            self.dir.join(format::open_name(seg.first_index))
+        } else {
+            self.dir.join(format::closed_name(seg.first_index, last))
+        }
+    }
+
+    pub fn truncate_suffix(&mut self, index: &RwLock<Index>, last_index_kept: u64) -> Result<()> {
+        self.guarded(|w| {
+            let mut idx = index.write();
+            if last_index_kept >= idx.last_log_index {
+                return Ok(());
+            }
+            if last_index_kept + 1 < idx.first_log_index {
+                return Err(RaftError::invalid(format!(
+                    "truncate_suffix({last_index_kept}) is below first index {} - 1",
+                    idx.first_log_index
+                )));
+            }
+            // Paths before the index forgets the entries (names carry the last index).
+            let cut = idx
+                .segments
+                .iter()
+                .rfind(|s| s.first_index <= last_index_kept)
+                .filter(|s| s.last_index() > last_index_kept)
+                .map(|s| w.segment_path(s, s.last_index()));
+            let removed = idx.truncate_suffix(last_index_kept);
+            let removed: Vec<PathBuf> = removed
+                .iter()
+                .rev()
+                .map(|s| w.segment_path(s, s.last_index()))
+                .collect();
+            let sealed = idx.segments.last().map(|s| (s.first_index, s.open));
+            drop(idx);
+            if sealed.is_none_or(|(_, open)| !open) {
+                w.open = None;
+            }
+            // Highest first, each made durable: a crash leaves a prefix of the old log.
+            for path in removed {
+                w.fs.remove_file(&path)?;
+                w.fs.sync_dir(&w.dir)?;
+            }
+            if let (Some(from), Some((first, _))) = (cut, sealed) {
+                let to = w.dir.join(format::closed_name(first, last_index_kept));
+                w.fs.rename(&from, &to)?;
+                w.fs.sync_dir(&w.dir)?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn truncate_prefix(&mut self, index: &RwLock<Index>, first_index_kept: u64) -> Result<()> {
+        self.guarded(|w| {
+            let (first, last) = {
+                let idx = index.read();
+                (idx.first_log_index, idx.last_log_index)
+            };
+            if first_index_kept <= first {
+                return Ok(());
+            }
+            if first_index_kept > last + 1 {
+                return Err(RaftError::invalid(format!(
+                    "truncate_prefix({first_index_kept}) is beyond last index {last} + 1; \
+                     use reset"
+                )));
+            }
+            let meta = LogMeta {
+                first_log_index: first_index_kept,
+                epoch: w.meta.epoch,
+            };
+            w.write_meta(meta)?;
+            let removed = index.write().truncate_prefix(first_index_kept);
+            for seg in &removed {
+                if seg.open {
+                    w.open = None;
+                }
+                // Recovery removes these too if the removal is lost: log_meta is durable.
+                w.fs.remove_file(&w.segment_path(seg, seg.last_index()))?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn reset(&mut self, index: &RwLock<Index>, next_log_index: u64) -> Result<()> {
+        self.guarded(|w| {
+            if next_log_index == 0 {
+                return Err(RaftError::invalid("reset(0): log indexes start at 1"));
+            }
+            // The new epoch makes every existing segment stale at once, durably.
+            let meta = LogMeta {
+                first_log_index: next_log_index,
+                epoch: w.meta.epoch + 1,
+            };
+            w.write_meta(meta)?;
+            let old = std::mem::replace(&mut *index.write(), Index::empty(next_log_index));
+            w.open = None;
+            for seg in &old.segments {
+                let path = w.segment_path(seg, seg.last_index());
+                if let Err(e) = w.fs.remove_file(&path) {
+                    // Harmless: recovery removes segments of an older epoch.
+                    slog::warn!(w.logger, "reset: could not remove a stale segment";
+                        "file" => %path.display(), "error" => %e);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn write_meta(&mut self, meta: LogMeta) -> Result<()> {
+        let path = self.dir.join(META_FILE);
+        fs::write_file_atomic(&*self.fs, &path, &format::encode_meta(&meta))?;
+        self.meta = meta;
+        Ok(())
+    }
+
+    pub fn sync(&mut self) -> Result<()> {
+        self.guarded(|w| match &w.open {
+            Some(open) => open.file.sync_data(),
+            None => Ok(()),
+        })
+    }
+
+    /// Writes the close record: an empty batch end after the last batch, synced, proving to
+    /// the next open that every batch before it was synced. Later mutators answer `Stopped`.
+    pub fn close(&mut self, index: &RwLock<Index>) -> Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        let r = match self.failed {
+            Some(_) => Ok(()),
+            None => self.guarded(|w| w.write_close_record(index)),
+        };
+        self.closed = true;
+        r
+    }
+
+    fn write_close_record(&mut self, index: &RwLock<Index>) -> Result<()> {
+        let Some(open) = self.open.as_mut() else {
+            return Ok(());
+        };
+        if open.capacity - open.write_offset < BATCH_END_LEN {
+            // No room (a previous life's close record took the reserve): that record still
+            // proves everything before it synced, and nothing was appended since.
+            return Ok(());
+        }
+        // The open segment is the last one: its next entry is the log's next.
+        let next = index.read().last_log_index + 1;
+        let start = open.write_offset;
+        self.buf.clear();
+        let end = BatchEnd {
+            start,
+            first_index: next,
+            last_index: next - 1,
+        };
+        encode_batch_end(&mut self.buf, open.salt, &end);
+        fs::write_all_at(&*open.file, &self.buf, start)?;
+        open.file.sync_data()?;
+        open.write_offset += self.buf.len() as u64;
+        Ok(())
+    }
+}
+
+fn invariant(what: &str) -> RaftError {
+    RaftError::ErrorState {
+        reason: format!("invariant broken in the log writer: {what}"),
+    }
+}
