@@ -22,6 +22,7 @@ pub mod log_storage;
 pub mod logging;
 pub mod meta_storage;
 pub mod pool;
+pub mod rpc;
 pub mod runtime;
 pub mod snapshot;
 pub mod state_machine;
@@ -31,6 +32,7 @@ pub mod types;
 
 pub use error::{RaftError, Result};
 pub use exec_queue::{Batch, ExecQueue, ExecQueueOptions, Rejected};
+pub use rpc::{Caller, Method, Request, Responder, Server, ServerOptions, Status};
 pub use runtime::{Runtime, RuntimeOptions};
 pub use timer::{RepeatedTimer, RepeatedTimerOptions, Timer};
 pub use types::{Configuration, EntryType, GroupId, LogEntry, LogId, LogRead, PeerId};
