@@ -26,9 +26,10 @@ use crate::types::LogEntry;
 /// - The log is a contiguous range of indexes: `first_log_index() <= last_log_index() + 1`,
 ///   equal when the log is empty. A fresh storage has `first_log_index() == 1` and
 ///   `last_log_index() == 0`.
-/// - Every mutator is atomic with respect to a crash at the granularity stated on it: after
-///   a crash, the log reopens as it was before the call or as it is after it (for
-///   `append_entries`: with a prefix of the batch).
+/// - A crash during a mutator leaves a log that is the one before the call or the one after
+///   it, or in between as stated on the method (`append_entries`: a prefix of the batch;
+///   `truncate_suffix`: a prefix of the old log that still holds `last_index_kept`). A
+///   mutator that returned `Ok` is durable.
 /// - A mutator that returns an IO error leaves the storage *failed*: later mutators answer
 ///   [`RaftError::ErrorState`](crate::RaftError::ErrorState) naming the first error, and a
 ///   failed sync is never retried (a retried fsync can report success for data the kernel

@@ -161,3 +161,16 @@ fn directory_created_and_synced_survives_with_its_files() {
     fs.crash(CrashMode::DropUnsynced).unwrap();
     assert_eq!(std::fs::read(sub.join("f")).unwrap(), b"kept");
 }
+
+#[test]
+fn skip_sync_reports_success_but_makes_nothing_durable() {
+    let (dir, fs) = setup();
+    let path = dir.path().join("a");
+    create_synced(&fs, &path, b"old.....");
+    let f = fs.open(&path, OpenOptions::WRITE).unwrap();
+    write_all_at(&*f, b"NEW", 0).unwrap();
+    fs.inject(FaultRule::new(FaultOp::Sync, FaultKind::SkipSync).times(1));
+    f.sync_data().unwrap();
+    fs.crash(CrashMode::DropUnsynced).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"old.....");
+}

@@ -254,3 +254,28 @@ fn reset_and_truncate_prefix_then_crash_at_each_step_are_atomic() {
         },
     );
 }
+
+#[test]
+fn an_empty_open_segment_left_by_a_crash_is_reused_or_replaced() {
+    for big in [false, true] {
+        let (dir, fs, s, synced) = setup(6);
+        // Rolls to a new segment whose first batch never reaches the disk.
+        let batch_sync = FaultRule::new(FaultOp::Sync, FaultKind::SkipSync)
+            .after(1)
+            .times(1);
+        fs.inject(batch_sync.on_path("_00000000000000000013"));
+        s.append_entries(&[entry(13, 1, 9000)]).unwrap();
+        drop(s);
+        fs.clear_faults();
+        fs.crash(CrashMode::DropUnsynced).unwrap();
+        let s = open_fault(&fs, dir.path(), SEGMENT).unwrap();
+        assert_log(&s, 1, &synced);
+        let next = entry(13, 2, if big { 20_000 } else { 100 });
+        s.append_entries(std::slice::from_ref(&next)).unwrap();
+        drop(s);
+        let s = open_fault(&fs, dir.path(), SEGMENT).unwrap();
+        let mut want = synced.clone();
+        want.push(next);
+        assert_log(&s, 1, &want);
+    }
+}

@@ -181,7 +181,7 @@ fn scan(dir: &Path, cands: Vec<Candidate>, logger: &Logger, plan: &mut Plan) -> 
                 // A rollover sealed this one after its last sync; the rename was lost.
                 let last = next.saturating_sub(1);
                 (
-                    recovery::scan_whole(&c.path, bytes, &c.header, last)?,
+                    recovery::scan_exact(&c.path, bytes, &c.header, last)?,
                     false,
                 )
             }

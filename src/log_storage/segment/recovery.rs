@@ -150,6 +150,32 @@ pub(crate) fn scan_whole(
     Ok(w.scanned)
 }
 
+/// Reads an open segment that a later segment follows (a rollover sealed it after its last
+/// sync, and the rename was lost): it must hold exactly the entries through `last`, whole. Any
+/// damage, a missing entry, or a valid entry beyond `last` (overlapping the next segment) is
+/// corruption, never a cut.
+pub(crate) fn scan_exact(
+    path: &Path,
+    bytes: &[u8],
+    header: &SegmentHeader,
+    last: u64,
+) -> Result<Scanned> {
+    let scanned = scan_whole(path, bytes, header, last)?;
+    let beyond = walk(bytes, header, None);
+    if beyond.scanned.last_index() > last {
+        return Err(RaftError::corruption(
+            path,
+            scanned.end,
+            format!(
+                "open segment holds entries through {}, but the next segment starts at {}",
+                beyond.scanned.last_index(),
+                last + 1
+            ),
+        ));
+    }
+    Ok(scanned)
+}
+
 /// Offset just past the last non-zero byte (0 if every byte is zero).
 pub(crate) fn nonzero_end(bytes: &[u8]) -> u64 {
     const CHUNK: usize = 4096;

@@ -164,11 +164,11 @@ fn pages_of(b: &Built) -> Vec<(u64, u64)> {
 
 #[test]
 fn last_batch_written_back_out_of_order_is_recovered_as_torn() {
-    let b = build(4, 6, 1500);
+    let b = build(4, 8, 1700);
     let snap = snapshot(b.dir.path());
     let pages = pages_of(&b);
     assert!(
-        pages.len() >= 3,
+        pages.len() >= 4,
         "the last batch must span pages: {pages:?}"
     );
     for missing in 1..(1u32 << pages.len()) - 1 {
@@ -339,4 +339,44 @@ fn a_missing_segment_in_the_middle_is_corruption() {
         matches!(&err, RaftError::Corruption { reason, .. } if reason.contains("missing")),
         "{err}"
     );
+}
+
+#[test]
+fn a_lost_rollover_rename_is_redone_but_an_overlap_is_corruption() {
+    let build = |dir: &Path, first: u64, last: u64| {
+        let s = open_real(dir, 4096).unwrap();
+        s.reset(first).unwrap(); // both logs at epoch 1
+        for i in first..=last {
+            s.append_entries(&[entry(i, 1, 400)]).unwrap();
+        }
+    };
+    let (dir, other) = (tempdir(), tempdir());
+    build(dir.path(), 1, 20);
+    let sealed = dir.path().join(format::closed_name(1, 8));
+    let reopened = dir.path().join(format::open_name(1));
+    // The rollover's rename of 1..=8 was lost: redone at open.
+    std::fs::rename(&sealed, &reopened).unwrap();
+    let clean = open_real(dir.path(), 4096).unwrap();
+    assert_log(
+        &clean,
+        1,
+        &(1..=20).map(|i| entry(i, 1, 400)).collect::<Vec<_>>(),
+    );
+    drop(clean);
+    assert!(sealed.exists());
+    // Now an open segment holding 1..=8 followed by a segment starting at 5.
+    build(other.path(), 5, 12);
+    for name in [format::closed_name(9, 16), format::open_name(17)] {
+        std::fs::remove_file(dir.path().join(name)).unwrap();
+    }
+    std::fs::rename(&sealed, &reopened).unwrap();
+    let overlap = format::open_name(5);
+    std::fs::copy(other.path().join(&overlap), dir.path().join(&overlap)).unwrap();
+    let before = snapshot(dir.path());
+    let err = open_real(dir.path(), 4096).err().unwrap();
+    assert!(
+        matches!(&err, RaftError::Corruption { file, .. } if *file == reopened),
+        "{err}"
+    );
+    assert!(snapshot(dir.path()) == before, "files changed");
 }

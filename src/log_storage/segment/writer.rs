@@ -204,11 +204,13 @@ impl Writer {
                         &self.dir.join(format::closed_name(old.first_index, last)),
                     )?;
                 }
-                _ => {
+                Some(_) => {
+                    // Open but empty (and too small for the entry): nothing to seal.
                     idx.segments.pop();
                     drop(idx);
                     self.fs.remove_file(&from)?;
                 }
+                None => return Err(invariant("the open segment is not last in the index")),
             }
         }
         // An entry larger than a segment gets one of exactly its size: nothing else fits.
