@@ -42,7 +42,13 @@ pub struct Member {
     pub kv: KvHandle,
 }
 
+/// Cluster tests run one at a time: each runs 3-5 nodes on its own runtime, and several at
+/// once on 2 cores starve each other's timers into spurious elections.
+static ONE_AT_A_TIME: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
 pub struct Cluster {
+    /// Held for the cluster's life (see ONE_AT_A_TIME). Declared first: dropped last.
+    _turn: Option<parking_lot::MutexGuard<'static, ()>>,
     pub name: String,
     pub group: GroupId,
     pub rt: Runtime,
@@ -82,6 +88,7 @@ impl ClusterOptions {
 impl Cluster {
     /// Starts servers for `opts.nodes` peers and inits every node with the full voter set.
     pub fn start(name: &str, opts: ClusterOptions) -> Cluster {
+        let turn = ONE_AT_A_TIME.lock();
         eprintln!(
             "cluster {name}: seed {} (TRAFT_CLUSTER_SEED to replay the choices)",
             opts.seed
@@ -115,6 +122,7 @@ impl Cluster {
             });
         }
         let mut c = Cluster {
+            _turn: Some(turn),
             name: name.to_string(),
             group: GroupId::new(name).expect("group"),
             rt,
@@ -319,5 +327,6 @@ impl Drop for Cluster {
             m.server.shutdown();
         }
         self.rt.shutdown();
+        self._turn.take();
     }
 }
