@@ -562,4 +562,5 @@ fn wait_unshared(mut parts: Arc<Parts>) {
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
+    debug_assert!(false, "node parts still shared 1 s after every queue was joined");
 }
