@@ -14,7 +14,8 @@
 //!
 //! Stop: items submitted before [`ExecQueue::stop`] still run; later submissions are refused
 //! with [`RaftError::Stopped`]; the consumer is then called once more with an empty batch whose
-//! [`Batch::is_stopped`] is true, and [`ExecQueue::join`] returns after that call.
+//! [`Batch::is_stopped`] is true and dropped, and [`ExecQueue::join`] returns after that: what
+//! the consumer owned is released when `join` returns.
 
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -321,6 +322,9 @@ impl<T: Send + 'static> Inner<T> {
             self.call_consumer(consumer, self.opts.batch_max, false);
         }
         self.call_consumer(consumer, 0, true);
+        // Drop the consumer (and whatever it owns: files, locks, other queues) before `join`
+        // can return, rather than whenever the last handle of this queue goes away.
+        *consumer = Box::new(|_: &mut Batch<'_, T>| {});
         *self.finished.lock() = true;
         self.finished_cv.notify_all();
     }

@@ -80,6 +80,25 @@ fn stop_runs_what_came_before_refuses_what_comes_after_and_join_waits() {
 }
 
 #[test]
+fn join_returns_after_the_consumer_and_what_it_owns_are_dropped() {
+    let pool = Pool::new("t-drop", 1).unwrap();
+    let owned = Arc::new(());
+    let held = owned.clone();
+    let q = ExecQueue::start(&pool.handle(), opts(4), move |b: &mut Batch<'_, u8>| {
+        let _keep = &held;
+        for _ in b {}
+    });
+    q.submit(1).unwrap();
+    q.stop();
+    q.join();
+    assert_eq!(
+        Arc::strong_count(&owned),
+        1,
+        "the consumer's captures were released by join"
+    );
+}
+
+#[test]
 fn a_full_bounded_queue_answers_busy() {
     let pool = Pool::new("t-busy", 1).unwrap();
     let gate = Arc::new(AtomicBool::new(false));
