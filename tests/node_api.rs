@@ -15,7 +15,11 @@ use traft::RaftError;
 const WITHIN: Duration = Duration::from_secs(10);
 
 fn steps(c: &Cluster, i: usize) -> Vec<(u8, String)> {
-    c.node(i).init_trace().into_iter().map(|s| (s.number, s.what)).collect()
+    c.node(i)
+        .init_trace()
+        .into_iter()
+        .map(|s| (s.number, s.what))
+        .collect()
 }
 
 #[test]
@@ -38,10 +42,15 @@ fn init_runs_the_documented_steps_in_order_on_first_start_and_on_restart_with_a_
     let again = steps(&c, 0);
     let numbers: Vec<u8> = again.iter().map(|s| s.0).collect();
     assert_eq!(numbers, (1..=17).collect::<Vec<_>>(), "{again:#?}");
-    assert!(again[7].1.contains("snapshot (31, t"), "step 8 loads the snapshot: {again:#?}");
+    assert!(
+        again[7].1.contains("snapshot (31, t"),
+        "step 8 loads the snapshot: {again:#?}"
+    );
     assert!(again[4].1.contains("on disk"), "{again:#?}");
     c.wait_leader(election_bound());
-    c.wait("snapshot + replayed tail", WITHIN, || c.members[0].kv.len() == 40);
+    c.wait("snapshot + replayed tail", WITHIN, || {
+        c.members[0].kv.len() == 40
+    });
     let kv = c.members[0].kv.0.lock();
     assert_eq!(kv.snapshots_loaded, 1);
     assert!(kv.violations.is_empty(), "{:?}", kv.violations);
@@ -75,37 +84,72 @@ fn a_follower_behind_the_compaction_point_is_reported_in_status() {
     c.node(l).snapshot_wait().expect("snapshot");
     c.restart(f).expect("restart");
     let peer = c.members[f].peer;
-    c.wait("status reports the follower behind compaction", WITHIN, || {
-        let st = c.node(l).status();
-        st.replicators.iter().any(|(p, _, _, behind)| *p == peer && *behind > 0)
-    });
+    c.wait(
+        "status reports the follower behind compaction",
+        WITHIN,
+        || {
+            let st = c.node(l).status();
+            st.replicators
+                .iter()
+                .any(|(p, _, _, behind)| *p == peer && *behind > 0)
+        },
+    );
     let text = c.node(l).status().to_string();
     assert!(text.contains("BEHIND COMPACTION"), "{text}");
 }
 
 #[test]
 fn an_oversized_task_is_invalid_and_a_full_apply_queue_is_busy() {
-    let c = Cluster::start("apply_bounds", ClusterOptions::new(1));
+    let mut o = ClusterOptions::new(1);
+    o.apply_queue_capacity = Some(8);
+    let c = Cluster::start("apply_bounds", o);
     let l = c.wait_leader(election_bound());
     let (task, w) = Task::waitable(Bytes::from(vec![0u8; (1 << 20) + 1]));
     c.node(l).apply(task);
-    assert!(matches!(w.wait_timeout(WITHIN), Err(RaftError::Invalid { .. })));
-    // Flood far past apply_queue_capacity from this thread faster than one queue drains.
-    let mut busy = 0;
-    let mut waiters = Vec::new();
-    for i in 0..200_000u32 {
-        let (task, w) = Task::waitable(Bytes::from(i.to_le_bytes().to_vec()));
-        c.node(l).apply(task);
-        waiters.push(w);
-    }
-    for w in waiters {
-        match w.wait_timeout(WITHIN) {
-            Ok(_) => {}
-            Err(RaftError::Busy) => busy += 1,
-            Err(e) => panic!("{e}"),
-        }
-    }
-    assert!(busy > 0, "a bounded apply queue must refuse with Busy under a flood");
+    assert!(matches!(
+        w.wait_timeout(WITHIN),
+        Err(RaftError::Invalid { .. })
+    ));
+    // Two threads flood an apply queue bounded at 8 tasks: some tasks are refused with Busy
+    // (through their completion, at once), the rest are applied; none is lost.
+    let node = c.node(l).clone();
+    let outcomes: Vec<(usize, usize)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|t| {
+                let node = node.clone();
+                s.spawn(move || {
+                    let (mut ok, mut busy) = (0, 0);
+                    let mut waiters = Vec::new();
+                    for i in 0..20_000u32 {
+                        let (task, w) = Task::waitable(Bytes::from(format!("{t}-{i}")));
+                        node.apply(task);
+                        waiters.push(w);
+                    }
+                    for w in waiters {
+                        match w.wait_timeout(WITHIN) {
+                            Ok(_) => ok += 1,
+                            Err(RaftError::Busy) => busy += 1,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    (ok, busy)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("flooder"))
+            .collect()
+    });
+    let (ok, busy): (usize, usize) = outcomes.iter().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    assert_eq!(ok + busy, 40_000);
+    assert!(
+        busy > 0,
+        "a bounded apply queue must refuse with Busy under a flood"
+    );
+    c.wait("every accepted task applied", WITHIN, || {
+        c.members[l].kv.len() == ok
+    });
 }
 
 #[test]
@@ -119,7 +163,10 @@ fn shutdown_fails_unfinished_tasks_with_stopped_and_the_directory_can_be_reused(
     c.kill(l);
     let r = w.wait_timeout(WITHIN);
     assert!(
-        matches!(r, Err(RaftError::Stopped) | Err(RaftError::NotLeader { .. })),
+        matches!(
+            r,
+            Err(RaftError::Stopped) | Err(RaftError::NotLeader { .. })
+        ),
         "{r:?}"
     );
     c.faults.heal_all();
@@ -162,8 +209,61 @@ fn add_service_serves_stat_and_answers_cli_and_file_as_not_supported() {
     };
     let stat = call(Method::Stat).expect("stat");
     let text = String::from_utf8_lossy(&stat);
-    assert!(text.contains("group: services") && text.contains("role: Some(Leader)") || text.contains("role: Leader"), "{text}");
+    assert!(
+        text.contains("group: services") && text.contains("role: Some(Leader)")
+            || text.contains("role: Leader"),
+        "{text}"
+    );
     for m in [Method::AddPeer, Method::GetFile, Method::TransferLeader] {
-        assert!(matches!(call(m), Err(RaftError::NotSupported { .. })), "{m}");
+        assert!(
+            matches!(call(m), Err(RaftError::NotSupported { .. })),
+            "{m}"
+        );
     }
+}
+
+#[test]
+fn the_same_group_and_peer_twice_is_refused_by_the_node_manager_and_undone() {
+    let c = Cluster::start("node_manager_dup", ClusterOptions::new(1));
+    c.wait_leader(election_bound());
+    let o = ClusterOptions::new(1);
+    let mut opts = c.node_options(0, c.conf(), &o);
+    opts.data_path = c.root.path().join("other_dir");
+    let dup = traft::node::Node::new(c.group.clone(), c.members[0].peer);
+    let err = dup.init(opts).unwrap_err();
+    assert!(matches!(err, RaftError::AlreadyExists { .. }), "{err}");
+    assert!(dup.status().stopped);
+    // The original is untouched and still serves.
+    c.apply(Bytes::from_static(b"still here"), WITHIN);
+}
+
+#[test]
+fn an_fsync_error_puts_one_node_in_its_error_state_and_the_others_go_on() {
+    use traft::fs::{FaultKind, FaultOp, FaultRule};
+    let c = Cluster::start("fsync_error", ClusterOptions::new(3));
+    let l = c.wait_leader(election_bound());
+    let victim = (l + 2) % 3;
+    c.fs.inject(FaultRule::new(FaultOp::Sync, FaultKind::Eio).on_path(&format!("n{victim}/log")));
+    for i in 0..20 {
+        c.apply(Bytes::from(format!("f{i}")), WITHIN);
+    }
+    c.wait("the victim stops after its fsync error", WITHIN, || {
+        c.node(victim).error().is_some()
+    });
+    let err = c.node(victim).error().expect("error");
+    assert!(
+        matches!(
+            err,
+            RaftError::Io { op: "fsync", .. } | RaftError::Io { .. }
+        ),
+        "{err}"
+    );
+    c.wait("the other two apply everything", WITHIN, || {
+        (0..3)
+            .filter(|i| *i != victim)
+            .all(|i| c.members[i].kv.len() == 20)
+    });
+    // The victim never counted for a quorum with an entry it could not sync, and it never
+    // retries: it stays in its error state.
+    assert!(c.node(victim).error().is_some());
 }

@@ -562,5 +562,8 @@ fn wait_unshared(mut parts: Arc<Parts>) {
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    debug_assert!(false, "node parts still shared 1 s after every queue was joined");
+    debug_assert!(
+        false,
+        "node parts still shared 1 s after every queue was joined"
+    );
 }

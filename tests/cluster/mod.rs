@@ -68,6 +68,7 @@ pub struct ClusterOptions {
     pub snapshot_interval_s: u64,
     pub snapshot_log_margin: u64,
     pub seed: u64,
+    pub apply_queue_capacity: Option<usize>,
 }
 
 impl ClusterOptions {
@@ -81,6 +82,7 @@ impl ClusterOptions {
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(42),
+            apply_queue_capacity: None,
         }
     }
 }
@@ -155,6 +157,9 @@ impl Cluster {
         opts.runtime = Some(self.rt.clone());
         opts.fs = self.fs.shared() as Arc<dyn FileSystem>;
         opts.seed = Some(self.seed.wrapping_add(i as u64));
+        if let Some(cap) = o.apply_queue_capacity {
+            opts.apply_queue_capacity = cap;
+        }
         opts
     }
 
