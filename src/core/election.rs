@@ -36,6 +36,9 @@ impl RaftCore {
             self.persist_hard_state();
         }
         let was_follower = self.role == Role::Follower;
+        if self.leader != leader {
+            self.pending_ack = None; // it was owed to the leader we no longer follow
+        }
         self.role = Role::Follower;
         self.leader = leader;
         if leader.is_none() {
@@ -56,6 +59,7 @@ impl RaftCore {
         debug_assert_ne!(self.role, Role::Leader);
         self.role = Role::PreCandidate;
         self.leader = None;
+        self.pending_ack = None;
         self.follower_lease.expire();
         self.ballot = Ballot::new();
         self.ballot.record(self.opts.id, true);
