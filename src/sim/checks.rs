@@ -4,8 +4,9 @@
 //! Cheap: at most one leader per term; a peer's term and vote never go backwards (in memory
 //! within a life, on disk across lives); applied <= committed <= last; every newly committed
 //! entry agrees with every entry ever committed at its index; a new leader of term T holds
-//! every entry committed in a term before T (leader completeness); nothing is promised before it is durable (a vote
-//! grant, an acknowledgement, a leadership). Full: every peer's committed prefix agrees with the
+//! every entry committed in a term before T (leader completeness); nothing is promised before
+//! it is durable (a vote grant, an acknowledgement, a leadership); a commit is safe (no peer
+//! lacking the entry could still be elected). Full: every peer's committed prefix agrees with the
 //! committed history; every committed entry is on the disks of a majority; log matching
 //! between every pair of peers.
 
@@ -211,7 +212,10 @@ impl Checker {
                 let hs = node.durable_hs;
                 let durable = hs.term > *term || (hs.term == *term && hs.voted_for == Some(to));
                 if !durable {
-                    return Err(format!("peer {i}: granted its term-{term} vote to {to} before it was durable ({hs:?})"));
+                    return Err(format!(
+                        "peer {i}: granted its term-{term} vote to {to} before it was durable \
+                         ({hs:?})"
+                    ));
                 }
             }
             Message::AppendEntriesResponse(AppendEntriesResponse {

@@ -44,38 +44,16 @@ impl World {
                 self.append(n, entries)?;
             }
             Action::AppendProposals { first_index, last } => {
-                let batch = std::mem::take(&mut self.nodes[n].batch);
-                if batch.len() as u64 != last.index - first_index + 1 {
-                    return Err(format!(
-                        "peer {n}: {} proposals got {first_index}..={last}",
-                        batch.len()
-                    ));
-                }
-                let mut entries = Vec::with_capacity(batch.len());
-                for (k, cmd) in batch.into_iter().enumerate() {
-                    let id = LogId::new(first_index + k as u64, last.term);
-                    entries.push(SimEntry {
-                        id,
-                        kind: EntryType::Data,
-                        cmd: Some(cmd),
-                    });
-                    let p = Proposal {
-                        id,
-                        client: cmd.client,
-                        op_id: cmd.op_id,
-                    };
-                    self.nodes[n].pending.insert(id.index, p);
-                }
-                self.append(n, entries)?;
+                self.append_proposals(n, first_index, last)?
             }
-            Action::AppendNoOp(id) => self.append(
-                n,
-                vec![SimEntry {
+            Action::AppendNoOp(id) => {
+                let noop = SimEntry {
                     id,
                     kind: EntryType::NoOp,
                     cmd: None,
-                }],
-            )?,
+                };
+                self.append(n, vec![noop])?
+            }
             Action::RejectProposals { leader, .. } => {
                 let hint = leader.and_then(|l| self.ids.iter().position(|p| *p == l));
                 for cmd in std::mem::take(&mut self.nodes[n].batch) {
@@ -88,35 +66,63 @@ impl World {
                 first_index,
                 last_index,
             } => self.apply(n, first_index, last_index)?,
-            Action::RoleChanged { role, term, .. } => {
-                if role == Role::Leader {
-                    self.stats.leader_changes += 1;
-                    self.stats.max_term = self.stats.max_term.max(term);
-                    let strike = self.opts.faults && self.healed_at_us.is_none();
-                    if strike && self.rng.chance(self.params.strike_new_leader) {
-                        let after = self.rng.range(0, 2_000);
-                        self.schedule(after, Ev::Strike { node: n, term });
-                    }
-                }
-            }
+            Action::RoleChanged { role, term, .. } => self.on_role_changed(n, role, term),
             Action::SetTimer { timer, at_ms } => {
                 let node = &mut self.nodes[n];
                 node.timer_tokens[timer.index()] += 1;
                 let (token, life) = (node.timer_tokens[timer.index()], node.life);
                 let at_us = node.clock.real_us_at(at_ms).max(self.now_us);
-                self.schedule(
-                    at_us - self.now_us,
-                    Ev::Timer {
-                        node: n,
-                        life,
-                        kind: timer,
-                        token,
-                    },
-                );
+                let ev = Ev::Timer {
+                    node: n,
+                    life,
+                    kind: timer,
+                    token,
+                };
+                self.schedule(at_us - self.now_us, ev);
             }
             Action::StopTimer(timer) => self.nodes[n].timer_tokens[timer.index()] += 1,
         }
         Ok(())
+    }
+
+    /// Appends the batch peer `n` proposed, remembering which client waits on which index.
+    fn append_proposals(&mut self, n: usize, first_index: u64, last: LogId) -> Result<(), String> {
+        let batch = std::mem::take(&mut self.nodes[n].batch);
+        if batch.len() as u64 != last.index - first_index + 1 {
+            return Err(format!(
+                "peer {n}: {} proposals got {first_index}..={last}",
+                batch.len()
+            ));
+        }
+        let mut entries = Vec::with_capacity(batch.len());
+        for (k, cmd) in batch.into_iter().enumerate() {
+            let id = LogId::new(first_index + k as u64, last.term);
+            entries.push(SimEntry {
+                id,
+                kind: EntryType::Data,
+                cmd: Some(cmd),
+            });
+            let p = Proposal {
+                id,
+                client: cmd.client,
+                op_id: cmd.op_id,
+            };
+            self.nodes[n].pending.insert(id.index, p);
+        }
+        self.append(n, entries)
+    }
+
+    fn on_role_changed(&mut self, n: usize, role: Role, term: u64) {
+        if role != Role::Leader {
+            return;
+        }
+        self.stats.leader_changes += 1;
+        self.stats.max_term = self.stats.max_term.max(term);
+        let strike = self.opts.faults && self.healed_at_us.is_none();
+        if strike && self.rng.chance(self.params.strike_new_leader) {
+            let after = self.rng.range(0, 2_000);
+            self.schedule(after, Ev::Strike { node: n, term });
+        }
     }
 
     fn append(&mut self, n: usize, entries: Vec<SimEntry>) -> Result<(), String> {
