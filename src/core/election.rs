@@ -36,6 +36,9 @@ impl RaftCore {
             self.persist_hard_state();
         }
         let was_follower = self.role == Role::Follower;
+        if self.leader != leader {
+            self.pending_ack = None; // it was owed to the leader we no longer follow
+        }
         self.role = Role::Follower;
         self.leader = leader;
         if leader.is_none() {
@@ -56,6 +59,7 @@ impl RaftCore {
         debug_assert_ne!(self.role, Role::Leader);
         self.role = Role::PreCandidate;
         self.leader = None;
+        self.pending_ack = None;
         self.follower_lease.expire();
         self.ballot = Ballot::new();
         self.ballot.record(self.opts.id, true);
@@ -115,7 +119,8 @@ impl RaftCore {
         for p in &self.peer_ids {
             self.progress.insert(*p, Progress::new(next_index, window));
         }
-        slog::info!(self.logger, "became leader"; "term" => self.term, "last" => %self.log.last_id());
+        let last = self.log.last_id();
+        slog::info!(self.logger, "became leader"; "term" => self.term, "last" => %last);
         // The no-op of the new term: entries of earlier terms commit through it.
         let (_, noop) = self.log.append_local(1, self.term);
         self.actions.push(Action::AppendNoOp(noop));
@@ -157,7 +162,8 @@ impl RaftCore {
                 Role::Follower | Role::Leader => {}
             },
             VoteResult::Lost => {
-                slog::info!(self.logger, "lost the election"; "term" => self.term, "role" => ?self.role);
+                let (term, role) = (self.term, self.role);
+                slog::info!(self.logger, "lost the election"; "term" => term, "role" => ?role);
                 self.become_follower(self.term, None);
             }
         }

@@ -18,7 +18,8 @@ impl RaftCore {
             return;
         }
         if let Err(e) = req.validate() {
-            slog::warn!(self.logger, "ignored a malformed AppendEntries"; "from" => %from, "error" => %e);
+            slog::warn!(self.logger, "ignored a malformed AppendEntries";
+                "from" => %from, "error" => %e);
             return;
         }
         if req.term == self.term && self.role == Role::Leader {
@@ -48,36 +49,35 @@ impl RaftCore {
         self.queue_ack(from, matched, req.sent_ms);
     }
 
-    /// Appends the entries this log does not hold yet, truncating a conflicting suffix first.
-    /// Returns false if the request would truncate committed entries (it is then ignored).
-    fn accept_entries(&mut self, req: &AppendEntriesRequest) -> bool {
-        let mut append_from = req.entries.len();
+    /// Where the request's entries stop matching this log: the position of the first entry
+    /// to append, and whether a conflicting suffix must be truncated before it.
+    fn find_new_entries(&self, req: &AppendEntriesRequest) -> (usize, bool) {
         for (k, e) in req.entries.iter().enumerate() {
             match self.log.term_at(e.id.index) {
                 Some(t) if t == e.id.term => continue,
-                Some(_) => {
-                    let after = e.id.index - 1;
-                    if after < self.log.committed() {
-                        slog::error!(self.logger, "refused an AppendEntries that conflicts with a committed entry";
-                            "entry" => %e.id, "commit" => self.log.committed());
-                        return false;
-                    }
-                    self.truncate_log(after);
-                    append_from = k;
-                    break;
-                }
-                None => {
-                    append_from = k;
-                    break;
-                }
+                Some(_) => return (k, true),
+                None => return (k, false),
             }
         }
+        (req.entries.len(), false)
+    }
+
+    /// Appends the entries this log does not hold yet, truncating a conflicting suffix first.
+    /// Returns false if the request would truncate committed entries (it is then ignored).
+    fn accept_entries(&mut self, req: &AppendEntriesRequest) -> bool {
+        let (append_from, conflict) = self.find_new_entries(req);
+        if conflict {
+            let (entry, commit) = (req.entries[append_from].id, self.log.committed());
+            if entry.index <= commit {
+                slog::error!(self.logger, "refused an AppendEntries conflicting with commit";
+                    "entry" => %entry, "commit" => commit);
+                return false;
+            }
+            self.truncate_log(entry.index - 1);
+        }
         let last = req.last_id().index;
-        if append_from == req.entries.len()
-            && !req.entries.is_empty()
-            && bug!(self, truncate_below_commit)
-            && self.log.last_index() > last
-        {
+        let stale = append_from == req.entries.len() && !req.entries.is_empty();
+        if stale && bug!(self, truncate_below_commit) && self.log.last_index() > last {
             // The bug: treat a stale request as the whole truth about the log's tail.
             self.log.truncate_after(last, true);
             self.membership.on_truncate(last);

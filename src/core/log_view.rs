@@ -120,11 +120,6 @@ impl LogView {
         Ok(view)
     }
 
-    /// The first index held.
-    pub(crate) fn first_index(&self) -> u64 {
-        self.base.index + 1
-    }
-
     /// The last index held (`first_index() - 1` when empty).
     pub(crate) fn last_index(&self) -> u64 {
         self.last_index
@@ -158,11 +153,6 @@ impl LogView {
         }
         let run = self.runs.partition_point(|r| r.start <= index);
         Some(self.runs[run - 1].term)
-    }
-
-    /// The LogId at `index`, if held.
-    pub(crate) fn id_at(&self, index: u64) -> Option<LogId> {
-        self.term_at(index).map(|t| LogId::new(index, t))
     }
 
     /// True if this log holds exactly `id`.
@@ -287,6 +277,7 @@ impl LogView {
     }
 
     /// The number of writes not yet reported durable.
+    #[cfg(test)]
     pub(crate) fn writes_outstanding(&self) -> usize {
         self.writes.len()
     }

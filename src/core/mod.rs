@@ -243,12 +243,12 @@ impl RaftCore {
 
     fn handle_hard_state_persisted(&mut self, hs: HardState) {
         let current = self.hard_state();
-        let known = hs.term < current.term
-            || hs == current
-            || (hs.term == current.term && hs.voted_for.is_none());
-        if !known || hs.term < self.persisted.term {
-            slog::warn!(self.logger, "ignored a persistence report for a state never requested";
-                "reported" => ?hs, "current" => ?current);
+        // A report is of a state we asked for (the current one, or one it replaced), and
+        // newer than the last report: reports may skip states but never go backwards.
+        let asked = is_at_or_before(&hs, &current);
+        if !asked || !is_at_or_before(&self.persisted, &hs) {
+            slog::warn!(self.logger, "ignored an unexpected persistence report";
+                "reported" => ?hs, "persisted" => ?self.persisted, "current" => ?current);
             return;
         }
         self.persisted = hs;
@@ -394,6 +394,12 @@ impl RaftCore {
     pub fn options(&self) -> &CoreOptions {
         &self.opts
     }
+}
+
+/// True if `a` is `b` or a state `b` replaced: an earlier term, or the same term before its
+/// vote was cast.
+fn is_at_or_before(a: &HardState, b: &HardState) -> bool {
+    a.term < b.term || (a.term == b.term && (a.voted_for.is_none() || a.voted_for == b.voted_for))
 }
 
 #[cfg(test)]

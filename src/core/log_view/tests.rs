@@ -83,8 +83,10 @@ proptest! {
     }
 
     #[test]
-    fn appends_and_truncations_keep_the_shape(ops in proptest::collection::vec((0u8..3, 1u64..5), 1..40)) {
-        let mut view = LogView::from_log(&TermLog { first: 1, base_term: 0, terms: vec![] }, 0).unwrap();
+    fn appends_and_truncations_keep_the_shape(
+        ops in proptest::collection::vec((0u8..3, 1u64..5), 1..40)
+    ) {
+        let mut view = empty();
         let mut model: Vec<u64> = Vec::new();
         let mut term = 1;
         for (op, n) in ops {

@@ -1,0 +1,511 @@
+//! The simulated world: one event queue in real (simulated) microseconds, the peers, the
+//! network, the clients, and the checks run after every step. Everything random draws from
+//! one [`Rng`] seeded by the run's seed, and the queue breaks time ties by insertion order, so
+//! a seed replays exactly.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, VecDeque};
+
+use crate::core::message::{AppendEntriesRequest, Message};
+use crate::core::{CoreOptions, Event, HardState, InitialState, RaftCore, TimerKind};
+use crate::logging::discard_logger;
+use crate::sim::checks::Checker;
+use crate::sim::client::{Client, History, Reply};
+use crate::sim::kv::Cmd;
+use crate::sim::network::Network;
+use crate::sim::node::{LogSlice, SimNode};
+use crate::sim::{Params, SimOptions, Stats};
+use crate::types::{Configuration, PeerId, Rng};
+
+/// Something that happens at an instant.
+#[derive(Debug)]
+pub(crate) enum Ev {
+    Deliver {
+        from: usize,
+        to: usize,
+        life: u32,
+        msg: Message,
+        cmds: Vec<Option<Cmd>>,
+    },
+    Timer {
+        node: usize,
+        life: u32,
+        kind: TimerKind,
+        token: u64,
+    },
+    DiskDone {
+        node: usize,
+        life: u32,
+    },
+    MetaDone {
+        node: usize,
+        life: u32,
+        hs: HardState,
+    },
+    Request {
+        node: usize,
+        cmd: Cmd,
+    },
+    Flush {
+        node: usize,
+        life: u32,
+    },
+    Reply {
+        client: u32,
+        op_id: u64,
+        reply: Reply,
+    },
+    ClientWake {
+        client: u32,
+    },
+    Fault,
+    Restart {
+        node: usize,
+    },
+    Strike {
+        node: usize,
+        term: u64,
+    },
+    Heal,
+}
+
+impl Ev {
+    /// The peer whose process handles this event (deferred while it is paused).
+    fn node(&self) -> Option<usize> {
+        match self {
+            Ev::Deliver { to, .. } => Some(*to),
+            Ev::Timer { node, .. }
+            | Ev::DiskDone { node, .. }
+            | Ev::MetaDone { node, .. }
+            | Ev::Request { node, .. }
+            | Ev::Flush { node, .. } => Some(*node),
+            _ => None,
+        }
+    }
+}
+
+struct Scheduled {
+    time_us: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, o: &Self) -> bool {
+        (self.time_us, self.seq) == (o.time_us, o.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, o: &Self) -> Ordering {
+        // BinaryHeap is a max-heap: the earliest (time, seq) must compare greatest.
+        (o.time_us, o.seq).cmp(&(self.time_us, self.seq))
+    }
+}
+
+/// One line of the trace kept for failure reports.
+#[derive(Clone, Debug)]
+pub(crate) struct TraceLine {
+    pub time_us: u64,
+    pub what: String,
+}
+
+/// The world of one run.
+pub struct World {
+    pub(crate) opts: SimOptions,
+    pub(crate) params: Params,
+    pub(crate) rng: Rng,
+    pub(crate) now_us: u64,
+    seq: u64,
+    queue: BinaryHeap<Scheduled>,
+    pub(crate) nodes: Vec<SimNode>,
+    pub(crate) ids: Vec<PeerId>,
+    pub(crate) conf: Configuration,
+    pub(crate) net: Network,
+    pub(crate) clients: Vec<Client>,
+    pub(crate) history: History,
+    pub(crate) checker: Checker,
+    pub(crate) stats: Stats,
+    pub(crate) steps: u64,
+    trace: VecDeque<TraceLine>,
+    /// The time of the final heal, once it happened.
+    pub(crate) healed_at_us: Option<u64>,
+    /// When a working leader (one that committed an entry of its term) appeared after heal.
+    pub(crate) leader_after_heal_us: Option<u64>,
+    /// Every peer holds and applied the leader's whole log.
+    pub(crate) converged: bool,
+    /// Set by scripted scenarios: no clients, no random faults.
+    pub(crate) scripted: bool,
+    /// Per peer: until when (real microseconds) its leader lease is valid; 0 if none.
+    lease_until_us: Vec<u64>,
+}
+
+impl World {
+    /// A world for `opts` with the seed-derived `params`.
+    pub fn new(opts: SimOptions, params: Params) -> World {
+        let mut rng = Rng::new(opts.seed);
+        let n = params.nodes;
+        let ids: Vec<PeerId> = (0..n)
+            .map(|i| {
+                format!("10.0.0.{}:8000:0", i + 1)
+                    .parse()
+                    .expect("invariant: a valid peer id")
+            })
+            .collect();
+        let nodes = (0..n)
+            .map(|i| SimNode::new(ids[i], params.clock(&mut rng), opts.keys))
+            .collect();
+        let clients = (0..opts.clients)
+            .map(|id| Client {
+                id,
+                running: None,
+                leader_guess: rng.range(0, n as u64) as usize,
+                last_seen: vec![None; opts.keys as usize],
+            })
+            .collect();
+        World {
+            net: Network::new(n, params.link_faults),
+            conf: Configuration::new(ids.iter().copied()),
+            history: History::new(opts.keys),
+            checker: Checker::new(n),
+            stats: Stats::default(),
+            opts,
+            params,
+            rng,
+            now_us: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes,
+            ids,
+            clients,
+            steps: 0,
+            trace: VecDeque::new(),
+            healed_at_us: None,
+            leader_after_heal_us: None,
+            converged: false,
+            scripted: false,
+            lease_until_us: vec![0; n],
+        }
+    }
+
+    /// Schedules `ev` `after_us` from now.
+    pub(crate) fn schedule(&mut self, after_us: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Scheduled {
+            time_us: self.now_us + after_us,
+            seq: self.seq,
+            ev,
+        });
+    }
+
+    /// Starts every peer, and the clients and faults of a random run.
+    pub(crate) fn start(&mut self) -> Result<(), String> {
+        for i in 0..self.nodes.len() {
+            self.restart(i)?;
+        }
+        if self.scripted {
+            return Ok(());
+        }
+        for c in 0..self.clients.len() as u32 {
+            let after = self.rng.range(0, 2_000);
+            self.schedule(after, Ev::ClientWake { client: c });
+        }
+        if self.opts.faults {
+            let after = self.params.fault_gap_us(&mut self.rng);
+            self.schedule(after, Ev::Fault);
+        }
+        Ok(())
+    }
+
+    /// Runs events until `until_us` (or the queue empties, or the run converged).
+    pub(crate) fn run_until(&mut self, until_us: u64) -> Result<(), String> {
+        while let Some(next) = self.queue.peek() {
+            if next.time_us > until_us || self.converged {
+                break;
+            }
+            let Scheduled { time_us, ev, .. } = self.queue.pop().expect("invariant: peeked");
+            self.now_us = time_us;
+            self.dispatch(ev)?;
+            self.steps += 1;
+            if self.steps % self.opts.full_check_every == 0 {
+                self.checker.full(&self.nodes)?;
+            }
+            if self.healed_at_us.is_some() && !self.scripted {
+                self.watch_after_heal()?;
+            }
+        }
+        self.now_us = self
+            .now_us
+            .max(until_us.min(self.queue.peek().map_or(until_us, |s| s.time_us)));
+        Ok(())
+    }
+
+    fn dispatch(&mut self, ev: Ev) -> Result<(), String> {
+        if let Some(n) = ev.node() {
+            let until = self.nodes[n].paused_until_us;
+            if until > self.now_us {
+                self.seq += 1;
+                self.queue.push(Scheduled {
+                    time_us: until,
+                    seq: self.seq,
+                    ev,
+                });
+                return Ok(());
+            }
+        }
+        match ev {
+            Ev::Deliver {
+                from,
+                to,
+                life,
+                msg,
+                cmds,
+            } => self.deliver(from, to, life, &msg, &cmds),
+            Ev::Timer {
+                node,
+                life,
+                kind,
+                token,
+            } => {
+                let n = &self.nodes[node];
+                if n.life != life || !n.is_up() || n.timer_tokens[kind.index()] != token {
+                    return Ok(());
+                }
+                self.note(|| format!("peer {node}: {kind:?} timer"));
+                self.step_node(node, Event::Timeout(kind), None)
+            }
+            Ev::DiskDone { node, life } => self.disk_done(node, life),
+            Ev::MetaDone { node, life, hs } => {
+                if self.nodes[node].life != life || !self.nodes[node].is_up() {
+                    return Ok(());
+                }
+                self.nodes[node].durable_hs = hs;
+                self.step_node(node, Event::HardStatePersisted(hs), None)
+            }
+            Ev::Request { node, cmd } => self.request(node, cmd),
+            Ev::Flush { node, life } => self.flush(node, life),
+            Ev::Reply {
+                client,
+                op_id,
+                reply,
+            } => {
+                self.client_reply(client, op_id, reply);
+                Ok(())
+            }
+            Ev::ClientWake { client } => {
+                self.client_wake(client);
+                Ok(())
+            }
+            Ev::Fault => self.inject_fault(),
+            Ev::Restart { node } => self.restart(node),
+            Ev::Strike { node, term } => self.strike(node, term),
+            Ev::Heal => self.heal(),
+        }
+    }
+
+    fn deliver(
+        &mut self,
+        from: usize,
+        to: usize,
+        life: u32,
+        msg: &Message,
+        cmds: &[Option<Cmd>],
+    ) -> Result<(), String> {
+        if self.nodes[to].life != life || !self.nodes[to].is_up() {
+            return Ok(());
+        }
+        if self.net.is_cut(from, to) {
+            self.stats.messages_lost += 1; // a partition also drops what was in flight
+            return Ok(());
+        }
+        self.note(|| format!("{from} -> {to}: {}", describe(msg)));
+        let from_id = self.ids[from];
+        let req = match msg {
+            Message::AppendEntries(r) => Some((r, cmds)),
+            _ => None,
+        };
+        self.step_node(to, Event::Message { from: from_id, msg }, req)
+    }
+
+    fn disk_done(&mut self, node: usize, life: u32) -> Result<(), String> {
+        let n = &mut self.nodes[node];
+        if n.life != life || !n.is_up() {
+            return Ok(());
+        }
+        if let Some(crate::sim::node::DiskOp::Append(entries)) = n.complete_write() {
+            let last = entries[entries.len() - 1].id;
+            return self.step_node(node, Event::LogDurable(last), None);
+        }
+        Ok(())
+    }
+
+    /// (Re)starts peer `i` from its disk.
+    pub(crate) fn restart(&mut self, i: usize) -> Result<(), String> {
+        if self.nodes[i].is_up() {
+            return Ok(());
+        }
+        let mut opts = CoreOptions::new(self.ids[i]);
+        self.params.apply(&mut opts);
+        opts.bugs = self.opts.bugs;
+        let init = InitialState {
+            hard_state: self.nodes[i].durable_hs,
+            conf: self.conf.clone(),
+            conf_index: 0,
+            applied_index: 0,
+        };
+        let node = &mut self.nodes[i];
+        let log = LogSlice(&node.durable_log);
+        let core = RaftCore::new(opts, init, &log, self.rng.fork(), discard_logger())
+            .map_err(|e| e.to_string())?;
+        node.log = node.durable_log.clone();
+        node.core = Some(core);
+        node.timer_tokens = [0; 4];
+        node.disk_free_us = self.now_us;
+        node.meta_free_us = self.now_us;
+        let (hs, len) = (node.durable_hs, node.log.len());
+        self.note(|| format!("peer {i}: start (durable {hs:?}, log {len})"));
+        let node = &mut self.nodes[i];
+        let local = node.clock.local_ms(self.now_us);
+        let actions: Vec<_> = node
+            .core
+            .as_mut()
+            .expect("invariant: just started")
+            .start(local)
+            .drain()
+            .collect();
+        for a in actions {
+            self.carry_out(i, a, None)?;
+        }
+        self.checker.after_step(i, &self.nodes[i])
+    }
+
+    /// Steps peer `n`'s core with `event` and carries out what it asks.
+    pub(crate) fn step_node(
+        &mut self,
+        n: usize,
+        event: Event<'_>,
+        req: Option<(&AppendEntriesRequest, &[Option<Cmd>])>,
+    ) -> Result<(), String> {
+        let node = &mut self.nodes[n];
+        let local = node.clock.local_ms(self.now_us);
+        let Some(core) = node.core.as_mut() else {
+            return Ok(());
+        };
+        let mut actions = std::mem::take(&mut node.actions);
+        actions.extend(core.step(local, event).drain());
+        for a in actions.drain(..) {
+            self.carry_out(n, a, req)?;
+        }
+        self.nodes[n].actions = actions;
+        let node = &self.nodes[n];
+        node.core().check_invariants()?;
+        let commit_before = self.checker.commit_seen(n, node.life);
+        self.checker.after_step(n, node)?;
+        let core = node.core();
+        if core.role() == crate::core::Role::Leader && core.commit_index() > commit_before {
+            self.checker
+                .check_commit_safety(core.commit_index(), &self.nodes)?;
+        }
+        self.check_leases(n)
+    }
+
+    /// At most one leader lease is valid at any instant (DESIGN.md's lease rule).
+    fn check_leases(&mut self, n: usize) -> Result<(), String> {
+        let node = &mut self.nodes[n];
+        let until_ms = node.core.as_mut().and_then(|c| c.leader_lease_until_ms());
+        self.lease_until_us[n] = until_ms.map_or(0, |ms| node.clock.real_us_at(ms));
+        let now = self.now_us;
+        let valid: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| self.lease_until_us[*i] > now)
+            .collect();
+        if valid.len() > 1 {
+            return Err(format!("two valid leader leases at once: peers {valid:?}"));
+        }
+        Ok(())
+    }
+
+    /// Crashes peer `i`: it loses everything not durable, and holds no lease any more.
+    pub(crate) fn crash_node(&mut self, i: usize) {
+        self.nodes[i].crash(self.opts.keys);
+        self.lease_until_us[i] = 0;
+    }
+
+    /// Records a line of the trace. Tracing is off in normal runs (formatting costs); a
+    /// failing seed is replayed with it on, which reproduces the run exactly.
+    pub(crate) fn note(&mut self, what: impl FnOnce() -> String) {
+        if self.opts.trace_lines == 0 {
+            return;
+        }
+        if self.trace.len() >= self.opts.trace_lines {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(TraceLine {
+            time_us: self.now_us,
+            what: what(),
+        });
+    }
+
+    /// The trace and every peer's state, for a failure report.
+    pub(crate) fn dump(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .trace
+            .iter()
+            .map(|l| format!("{:>12.3} ms  {}", l.time_us as f64 / 1000.0, l.what))
+            .collect();
+        for (i, n) in self.nodes.iter().enumerate() {
+            out.push(match &n.core {
+                Some(c) => format!(
+                    "peer {i}: {:?} term {} leader {:?} commit {} applied {} last {} durable {}",
+                    c.role(),
+                    c.term(),
+                    c.leader()
+                        .and_then(|l| self.ids.iter().position(|p| *p == l)),
+                    c.commit_index(),
+                    n.applied,
+                    c.last_log_id(),
+                    c.durable_index()
+                ),
+                None => format!("peer {i}: down"),
+            });
+        }
+        out
+    }
+}
+
+/// A short description of a message for the trace.
+pub(crate) fn describe(msg: &Message) -> String {
+    match msg {
+        Message::VoteRequest(m) => format!(
+            "{} t{} last {}",
+            if m.pre_vote { "PreVote" } else { "Vote" },
+            m.term,
+            m.last_log_id
+        ),
+        Message::VoteResponse(m) => format!(
+            "{}Resp t{} {}",
+            if m.pre_vote { "PreVote" } else { "Vote" },
+            m.term,
+            if m.granted { "granted" } else { "refused" }
+        ),
+        Message::AppendEntries(m) => format!(
+            "Append t{} prev {} n={} commit {}",
+            m.term,
+            m.prev,
+            m.entries.len(),
+            m.commit
+        ),
+        Message::AppendEntriesResponse(m) => format!(
+            "AppendResp t{} {} {} hint {}",
+            m.term,
+            if m.success { "ok" } else { "reject" },
+            m.index,
+            m.hint
+        ),
+        Message::TimeoutNow(m) => format!("TimeoutNow t{}", m.term),
+    }
+}
