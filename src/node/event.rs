@@ -172,7 +172,8 @@ impl Shell<'_> {
         let inbound = match wire::decode(&body) {
             Ok(m) => m,
             Err(e) => {
-                slog::warn!(self.shared.logger, "dropped an undecodable raft message"; "error" => %e);
+                let log = &self.shared.logger;
+                slog::warn!(log, "dropped an undecodable raft message"; "error" => %e);
                 return;
             }
         };

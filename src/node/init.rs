@@ -6,7 +6,7 @@
 //! on the fsm pool; nothing else here waits.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
@@ -32,7 +32,7 @@ use crate::runtime::Runtime;
 use crate::snapshot::SnapshotStorage;
 use crate::state_machine::LeaderChangeContext;
 use crate::timer::{RepeatedTimer, RepeatedTimerOptions};
-use crate::types::{LogId, Rng};
+use crate::types::{Configuration, LogId, Rng};
 
 /// One step of `init` as it ran.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,49 +122,117 @@ impl Node {
     }
 }
 
+/// What every step needs.
+struct Ctx<'a> {
+    shared: &'a Arc<NodeShared>,
+    weak: Weak<NodeShared>,
+    runtime: Runtime,
+    logger: slog::Logger,
+    undo: &'a mut Undo,
+}
+
+impl Ctx<'_> {
+    /// A callback that submits `make(arg)` to the node's queue while the node exists.
+    fn to_node<A: 'static>(
+        &self,
+        make: impl Fn(A) -> NodeEvent + Send + Sync + 'static,
+    ) -> impl Fn(A) + Send + Sync + 'static {
+        let w = self.weak.clone();
+        move |a| {
+            if let Some(node) = w.upgrade() {
+                node.submit(make(a));
+            }
+        }
+    }
+}
+
 fn init_steps(shared: &Arc<NodeShared>, mut opts: NodeOptions, undo: &mut Undo) -> Result<()> {
     let runtime = match &opts.runtime {
         Some(rt) => rt.clone(),
         None => Runtime::global()?,
     };
-    let logger = shared.logger.clone();
-    let weak = Arc::downgrade(shared);
     let server = NodeManager::global()
         .server_for(shared.peer.addr())
         .ok_or_else(|| {
             RaftError::invalid(format!(
                 "no Server at {} is registered: start one on the peer's address and call \
-             NodeManager::add_service first",
+                 NodeManager::add_service first",
                 shared.peer.addr()
             ))
         })?;
+    let mut cx = Ctx {
+        shared,
+        weak: Arc::downgrade(shared),
+        runtime,
+        logger: shared.logger.clone(),
+        undo,
+    };
+    let (timers, snapshot_timer) = step1_timers(&mut cx, &opts);
+    step2_apply_queue(&mut cx);
+    let closures = step3_fsm_caller_queue(&cx);
+    let core_opts = step4_leases(&cx, &opts)?;
+    let (dir_lock, log) = step5_log(&mut cx, &opts)?;
+    let fsm = step6_fsm_caller(&mut cx, &mut opts, &log, &closures);
+    trace(shared, 7, "ballot box: commits go to the fsm caller");
+    let snapshots = step8_snapshot(&cx, &opts, &fsm, &log)?;
+    log.check_consistency()?;
+    trace(shared, 9, "log and snapshot consistent");
+    let (conf, conf_index) = step10_configuration(&cx, &opts, &log);
+    let (hard_state, meta) = step11_meta(&mut cx, &opts)?;
+    let (caller, caller_queue) = Caller::start(&cx.runtime.raft_pool(), "node-rpc");
+    let replicators = step12_replicators(&cx, &opts, &core_opts, &log, &server, &caller);
+    let init = InitialState {
+        hard_state,
+        conf: conf.clone(),
+        conf_index,
+        applied_index: fsm.last_applied().index,
+    };
+    let parts = Parts {
+        log,
+        meta,
+        fsm,
+        closures,
+        snapshots: Some(snapshots),
+        timers,
+        snapshot_timer,
+        replicators,
+        server,
+        caller,
+        caller_queue,
+        limits: Limits {
+            entry_bytes_max: opts.entry_bytes_max,
+            unsynced_bytes_max: opts.unsynced_bytes_max,
+            apply_queue_capacity: opts.apply_queue_capacity,
+            snapshot_log_margin: opts.snapshot_log_margin,
+        },
+        following: Mutex::new(None),
+        _dir_lock: dir_lock,
+    };
+    let parts = step13_core(&cx, &opts, core_opts, init, parts)?;
+    step14_snapshot_timer(&cx, &parts);
+    steps15_to_17_start(&cx, &conf)
+}
 
-    // 1. The four timers of the core (election, vote, stepdown; heartbeat is the leader's
-    //    fourth) and the snapshot timer.
-    let w = weak.clone();
-    let timers = Arc::new(CoreTimers::new(runtime.timer().clone(), move |kind| {
-        if let Some(node) = w.upgrade() {
-            node.submit(NodeEvent::Timeout(kind));
-        }
-    }));
+/// 1. The core's timers (election, vote, stepdown, heartbeat) and the snapshot timer.
+fn step1_timers(cx: &mut Ctx<'_>, opts: &NodeOptions) -> (Arc<CoreTimers>, Option<RepeatedTimer>) {
+    let timers = Arc::new(CoreTimers::new(
+        cx.runtime.timer().clone(),
+        cx.to_node(NodeEvent::Timeout),
+    ));
     let t = timers.clone();
-    undo.push(move || t.stop_all());
+    cx.undo.push(move || t.stop_all());
     let snapshot_timer = (opts.snapshot_interval_s > 0).then(|| {
-        let w = weak.clone();
         let t_opts = RepeatedTimerOptions {
             name: "snapshot".into(),
             timeout_ms: opts.snapshot_interval_s * 1000,
             randomized: false,
             seed: 0,
         };
-        RepeatedTimer::new(runtime.timer(), t_opts, move || {
-            if let Some(node) = w.upgrade() {
-                node.submit(NodeEvent::SnapshotTick);
-            }
-        })
+        let tick = cx.to_node(|()| NodeEvent::SnapshotTick);
+        RepeatedTimer::new(cx.runtime.timer(), t_opts, move || tick(()))
     });
     trace(
-        shared,
+        cx.shared,
         1,
         format!(
             "timers: election {} ms, vote {} ms, stepdown {} ms, snapshot {} s",
@@ -174,39 +242,46 @@ fn init_steps(shared: &Arc<NodeShared>, mut opts: NodeOptions, undo: &mut Undo) 
             opts.snapshot_interval_s
         ),
     );
+    (timers, snapshot_timer)
+}
 
-    // 2. The node's serial queue, which batches applied tasks into log entries.
+/// 2. The node's serial queue, which also batches applied tasks into log entries.
+fn step2_apply_queue(cx: &mut Ctx<'_>) {
     let qopts = ExecQueueOptions {
-        logger: logger.clone(),
+        logger: cx.logger.clone(),
         ..ExecQueueOptions::new("node")
     };
-    let w = weak.clone();
+    let w = cx.weak.clone();
     let mut state = ShellState::default();
-    let events = ExecQueue::start(&runtime.raft_pool(), qopts, move |b| {
+    let events = ExecQueue::start(&cx.runtime.raft_pool(), qopts, move |b| {
         run_batch(&w, &mut state, b)
     });
     let q = events.clone();
-    undo.push(move || {
+    cx.undo.push(move || {
         q.stop();
         q.join();
     });
-    let _ = shared.events.set(events);
-    trace(shared, 2, "apply queue started");
+    let _ = cx.shared.events.set(events);
+    trace(cx.shared, 2, "apply queue started");
+}
 
-    // 3. The FSMCaller's completion queue and error route (the log manager reports through
-    //    the node, which tells the state machine).
-    let closures = Arc::new(ClosureQueue::new());
-    trace(shared, 3, "fsm caller: closure queue created");
+/// 3. The FSMCaller's completion queue; the log manager reports errors through the node,
+///    which tells the state machine.
+fn step3_fsm_caller_queue(cx: &Ctx<'_>) -> Arc<ClosureQueue> {
+    trace(cx.shared, 3, "fsm caller: closure queue created");
+    Arc::new(ClosureQueue::new())
+}
 
-    // 4. Leader and follower leases: owned by the core, sized here.
-    let mut core_opts = CoreOptions::new(shared.peer);
+/// 4. Leader and follower leases: owned by the core, sized here.
+fn step4_leases(cx: &Ctx<'_>, opts: &NodeOptions) -> Result<CoreOptions> {
+    let mut core_opts = CoreOptions::new(cx.shared.peer);
     core_opts.election_timeout_ms = opts.election_timeout_ms;
     core_opts.max_clock_drift_ms = opts.max_clock_drift_ms;
     core_opts.heartbeat_interval_ms = opts.heartbeat_interval_ms();
     core_opts.max_inflight_appends = opts.inflight_appends_max;
     core_opts.validate()?;
     trace(
-        shared,
+        cx.shared,
         4,
         format!(
             "leases: leader lease {} ms, follower lease {} ms",
@@ -214,9 +289,12 @@ fn init_steps(shared: &Arc<NodeShared>, mut opts: NodeOptions, undo: &mut Undo) 
             opts.election_timeout_ms
         ),
     );
+    Ok(core_opts)
+}
 
-    // 5. Lock the data directory, then open the log storage and the log manager.
-    let fs = opts.fs.clone();
+/// 5. Lock the data directory (before any file is read), open the log and its manager.
+fn step5_log(cx: &mut Ctx<'_>, opts: &NodeOptions) -> Result<(DirLock, Arc<LogManager>)> {
+    let fs = &opts.fs;
     if !fs.is_dir(&opts.data_path) {
         fs.create_dir_all(&opts.data_path)?;
         fs.sync_dir(&crate::fs::parent_dir(&opts.data_path)?)?;
@@ -226,221 +304,219 @@ fn init_steps(shared: &Arc<NodeShared>, mut opts: NodeOptions, undo: &mut Undo) 
         Arc::new(MemoryLogStorage::new())
     } else {
         let seg_opts = SegmentLogStorageOptions {
-            logger: logger.clone(),
+            logger: cx.logger.clone(),
             ..SegmentLogStorageOptions::default()
         };
-        Arc::new(SegmentLogStorage::open(
-            fs.clone(),
-            &opts.data_path.join("log"),
-            seg_opts,
-        )?)
+        let dir = opts.data_path.join("log");
+        Arc::new(SegmentLogStorage::open(fs.clone(), &dir, seg_opts)?)
     };
-    let storage: Arc<dyn LogStorage> = if opts.sync {
-        storage
-    } else {
-        Arc::new(NoSync(storage))
+    let storage: Arc<dyn LogStorage> = match opts.sync {
+        true => storage,
+        false => Arc::new(NoSync(storage)),
     };
-    let mut lm_opts = LogManagerOptions::new(storage, runtime.clone());
-    lm_opts.logger = logger.clone();
-    let w = weak.clone();
-    lm_opts.on_durable = Arc::new(move |id| {
-        if let Some(node) = w.upgrade() {
-            node.submit(NodeEvent::LogDurable(id));
-        }
-    });
-    let w = weak.clone();
-    lm_opts.on_error = Arc::new(move |e| {
-        if let Some(node) = w.upgrade() {
-            node.submit(NodeEvent::Fatal(e));
-        }
-    });
+    let mut lm_opts = LogManagerOptions::new(storage, cx.runtime.clone());
+    lm_opts.logger = cx.logger.clone();
+    lm_opts.on_durable = Arc::new(cx.to_node(NodeEvent::LogDurable));
+    lm_opts.on_error = Arc::new(cx.to_node(NodeEvent::Fatal));
     let log = Arc::new(LogManager::new(lm_opts)?);
     let l = log.clone();
-    undo.push(move || {
+    cx.undo.push(move || {
         l.shutdown();
         l.join();
     });
-    trace(
-        shared,
-        5,
-        format!(
-            "data directory locked; log {} (entries {}..={})",
-            if opts.memory_log {
-                "in memory"
-            } else {
-                "on disk"
-            },
-            log.first_log_index(),
-            log.last_log_index()
-        ),
-    );
-
-    // 6. The FSMCaller, from the bootstrap id (0, 0) or what the state machine made durable.
-    let fsm_durable = opts.fsm.durable_index();
-    let bootstrap = match fsm_durable {
-        0 => LogId::default(),
-        i => LogId::new(i, crate::types::LogRead::term_at(&*log, i).unwrap_or(0)),
+    let kind = if opts.memory_log {
+        "in memory"
+    } else {
+        "on disk"
     };
-    let fsm = FsmCaller::start(
-        std::mem::replace(&mut opts.fsm, Box::new(super::init::Unset)),
+    let (first, last) = (log.first_log_index(), log.last_log_index());
+    trace(
+        cx.shared,
+        5,
+        format!("data directory locked; log {kind} (entries {first}..={last})"),
+    );
+    Ok((dir_lock, log))
+}
+
+/// 6. The FSMCaller, from the bootstrap id (0, 0), or from what the state machine made
+///    durable itself.
+fn step6_fsm_caller(
+    cx: &mut Ctx<'_>,
+    opts: &mut NodeOptions,
+    log: &Arc<LogManager>,
+    closures: &Arc<ClosureQueue>,
+) -> Arc<FsmCaller> {
+    let bootstrap = match opts.fsm.durable_index() {
+        0 => LogId::default(),
+        i => LogId::new(i, crate::types::LogRead::term_at(&**log, i).unwrap_or(0)),
+    };
+    let fsm = Arc::new(FsmCaller::start(
+        std::mem::replace(&mut opts.fsm, Box::new(Unset)),
         FsmCallerOptions {
-            pool: runtime.fsm_pool(),
+            pool: cx.runtime.fsm_pool(),
             log: Arc::new(LogSource(log.clone())),
             closures: closures.clone(),
-            listener: Arc::new(FsmToNode(weak.clone())),
+            listener: Arc::new(FsmToNode(cx.weak.clone())),
             bootstrap_applied: bootstrap,
             apply_bytes_max: opts.append_entries_bytes_max,
-            logger: logger.clone(),
+            logger: cx.logger.clone(),
         },
-    );
-    trace(shared, 6, format!("fsm caller started at {bootstrap}"));
+    ));
+    let f = fsm.clone();
+    cx.undo.push(move || {
+        f.shutdown();
+        f.join();
+    });
+    trace(cx.shared, 6, format!("fsm caller started at {bootstrap}"));
+    fsm
+}
 
-    // 7. The ballot box is the core's; its waiter is the FSMCaller (Committed actions).
-    trace(shared, 7, "ballot box: commits go to the fsm caller");
-
-    // 8. Snapshot storage; the newest good snapshot is loaded into the state machine.
-    let snapshots = Arc::new(SnapshotStorage::open(
-        fs.clone(),
-        &opts.data_path.join("snapshot"),
-        logger.clone(),
+/// 8. Snapshot storage; the newest good snapshot is loaded into the state machine.
+fn step8_snapshot(
+    cx: &Ctx<'_>,
+    opts: &NodeOptions,
+    fsm: &FsmCaller,
+    log: &LogManager,
+) -> Result<Arc<SnapshotStorage>> {
+    let dir = opts.data_path.join("snapshot");
+    let storage = Arc::new(SnapshotStorage::open(
+        opts.fs.clone(),
+        &dir,
+        cx.logger.clone(),
     )?);
-    let loaded = load_snapshot(&fsm, &snapshots, &log)?;
+    let loaded = load_snapshot(fsm, &storage, log)?;
     trace(
-        shared,
+        cx.shared,
         8,
         match loaded {
             Some(id) => format!("snapshot {id} loaded"),
             None => "no snapshot".into(),
         },
     );
-    let fsm_ref = Arc::new(fsm);
-    {
-        let f = fsm_ref.clone();
-        undo.push(move || {
-            f.shutdown();
-            f.join();
-        });
-    }
+    Ok(storage)
+}
 
-    // 9. Snapshot and log must overlap or touch.
-    log.check_consistency()?;
-    trace(shared, 9, "log and snapshot consistent");
-
-    // 10. The configuration: the newest in the log or snapshot, else the initial one. A log
-    //     that holds entries but no configuration entry was written under the initial
-    //     configuration (leaders open their terms with a no-op, not a configuration entry).
+/// 10. The configuration: the newest in the log or snapshot, else the initial one. A log
+///     that holds entries but no configuration entry was written under the initial
+///     configuration (leaders open their terms with a no-op, not a configuration entry).
+fn step10_configuration(
+    cx: &Ctx<'_>,
+    opts: &NodeOptions,
+    log: &LogManager,
+) -> (Configuration, u64) {
     let newest = log.last_configuration();
-    let (conf, conf_index) = if log.last_log_index() > 0 && !newest.conf.is_empty() {
+    let (conf, index) = if log.last_log_index() > 0 && !newest.conf.is_empty() {
         (newest.conf, newest.id.index)
     } else {
         (opts.initial_conf.clone(), 0)
     };
     trace(
-        shared,
+        cx.shared,
         10,
-        format!("configuration {conf} (from index {conf_index})"),
+        format!("configuration {conf} (from index {index})"),
     );
+    (conf, index)
+}
 
-    // 11. Term and vote.
-    let meta = RaftMetaStorage::open(fs.clone(), &opts.data_path.join("meta"))?;
-    let hard_state = HardState {
+/// 11. Term and vote, and the queue that persists them.
+fn step11_meta(cx: &mut Ctx<'_>, opts: &NodeOptions) -> Result<(HardState, ExecQueue<HardState>)> {
+    let meta = RaftMetaStorage::open(opts.fs.clone(), &opts.data_path.join("meta"))?;
+    let hs = HardState {
         term: meta.term(),
         voted_for: meta.voted_for(),
     };
-    let first_start = meta.is_first_start();
-    let meta_queue = start_meta_writer(meta, &runtime.disk_pool(), weak.clone(), logger.clone());
-    let m = meta_queue.clone();
-    undo.push(move || {
-        m.stop();
-        m.join();
+    let first = if meta.is_first_start() {
+        " (first start)"
+    } else {
+        ""
+    };
+    let queue = start_meta_writer(
+        meta,
+        &cx.runtime.disk_pool(),
+        cx.weak.clone(),
+        cx.logger.clone(),
+    );
+    let q = queue.clone();
+    cx.undo.push(move || {
+        q.stop();
+        q.join();
     });
     trace(
-        shared,
+        cx.shared,
         11,
-        format!(
-            "meta: term {} voted for {:?}{}",
-            hard_state.term,
-            hard_state.voted_for,
-            if first_start { " (first start)" } else { "" }
-        ),
+        format!("meta: term {} voted for {:?}{first}", hs.term, hs.voted_for),
     );
+    Ok((hs, queue))
+}
 
-    // 12. The replicator group.
-    let (caller, caller_queue) = Caller::start(&runtime.raft_pool(), "node-rpc");
-    let replicators = ReplicatorGroup::new(ReplicatorEnv {
-        group: shared.group.clone(),
-        me: shared.peer,
+/// 12. The replicator group.
+fn step12_replicators(
+    cx: &Ctx<'_>,
+    opts: &NodeOptions,
+    core_opts: &CoreOptions,
+    log: &Arc<LogManager>,
+    server: &Arc<Server>,
+    caller: &Caller,
+) -> ReplicatorGroup {
+    let group = ReplicatorGroup::new(ReplicatorEnv {
+        group: cx.shared.group.clone(),
+        me: cx.shared.peer,
         log: log.clone(),
         server: server.clone(),
         caller: caller.clone(),
-        pool: runtime.raft_pool(),
-        node: weak.clone(),
+        pool: cx.runtime.raft_pool(),
+        node: cx.weak.clone(),
         append_entries_bytes_max: opts.append_entries_bytes_max,
         entries_per_append_max: core_opts.max_entries_per_append as usize,
-        logger: logger.clone(),
+        logger: cx.logger.clone(),
     });
+    let every = opts.heartbeat_interval_ms();
     trace(
-        shared,
+        cx.shared,
         12,
-        format!(
-            "replicator group: heartbeat every {} ms",
-            opts.heartbeat_interval_ms()
-        ),
+        format!("replicator group: heartbeat every {every} ms"),
     );
+    group
+}
 
-    // 13. The core, a follower.
-    let applied = fsm_ref.last_applied();
-    let init = InitialState {
-        hard_state,
-        conf: conf.clone(),
-        conf_index,
-        applied_index: applied.index,
-    };
+/// 13. The core, a follower; the node is assembled.
+fn step13_core(
+    cx: &Ctx<'_>,
+    opts: &NodeOptions,
+    core_opts: CoreOptions,
+    init: InitialState,
+    parts: Parts,
+) -> Result<Arc<Parts>> {
+    let (term, applied) = (init.hard_state.term, init.applied_index);
     let rng = Rng::new(opts.seed.unwrap_or_else(|| Rng::from_entropy().next_u64()));
-    let core = RaftCore::new(core_opts, init, &*log, rng, logger.clone())?;
-    *shared.core.lock() = Some(core);
-    let limits = Limits {
-        entry_bytes_max: opts.entry_bytes_max,
-        unsynced_bytes_max: opts.unsynced_bytes_max,
-        apply_queue_capacity: opts.apply_queue_capacity,
-        snapshot_log_margin: opts.snapshot_log_margin,
-    };
-    let _ = shared.limits.set(limits.clone());
-    let parts = Arc::new(Parts {
-        log,
-        meta: meta_queue,
-        fsm: fsm_ref,
-        closures,
-        snapshots: Some(snapshots),
-        timers,
-        snapshot_timer,
-        replicators,
-        server,
-        caller,
-        caller_queue,
-        limits,
-        following: Mutex::new(None),
-        _dir_lock: dir_lock,
-    });
-    *shared.parts.lock() = Some(parts.clone());
+    let core = RaftCore::new(core_opts, init, &*parts.log, rng, cx.logger.clone())?;
+    *cx.shared.core.lock() = Some(core);
+    let _ = cx.shared.limits.set(parts.limits.clone());
+    let parts = Arc::new(parts);
+    *cx.shared.parts.lock() = Some(parts.clone());
     trace(
-        shared,
+        cx.shared,
         13,
-        format!(
-            "state: follower, term {}, applied {applied}",
-            hard_state.term
-        ),
+        format!("state: follower, term {term}, applied {applied}"),
     );
+    Ok(parts)
+}
 
-    // 14. The snapshot timer.
-    if let Some(t) = &parts.snapshot_timer {
-        t.start();
-        trace(shared, 14, "snapshot timer started");
-    } else {
-        trace(shared, 14, "no snapshot timer (interval 0)");
+/// 14. The snapshot timer.
+fn step14_snapshot_timer(cx: &Ctx<'_>, parts: &Parts) {
+    match &parts.snapshot_timer {
+        Some(t) => {
+            t.start();
+            trace(cx.shared, 14, "snapshot timer started");
+        }
+        None => trace(cx.shared, 14, "no snapshot timer (interval 0)"),
     }
+}
 
-    // 15-17: start the core on the node's queue; join the NodeManager in between.
+/// Steps 15 to 17: step_down (the election timer starts) unless the node is alone; join the
+/// node manager; the only voter elects itself at once. The core starts on the node's queue.
+fn steps15_to_17_start(cx: &Ctx<'_>, conf: &Configuration) -> Result<()> {
+    let shared = cx.shared;
     let alone = conf.is_stable() && conf.voters().len() == 1 && conf.is_voter(&shared.peer);
     shared.set_state(Lifecycle::Active);
     if !conf.is_empty() && !alone {

@@ -218,9 +218,16 @@ impl Cluster {
                 Some(n) => {
                     let st: NodeStatus = n.status();
                     s.push_str(&format!(
-                        "n{i} {}: role {:?} term {} leader {:?} commit {} applied {} last {} kv {} entries{}\n",
-                        m.peer, st.role, st.term, st.leader, st.commit_index, st.applied,
-                        st.last_log_id, m.kv.len(),
+                        "n{i} {}: role {:?} term {} leader {:?} commit {} applied {} last {} \
+                         kv {} entries{}\n",
+                        m.peer,
+                        st.role,
+                        st.term,
+                        st.leader,
+                        st.commit_index,
+                        st.applied,
+                        st.last_log_id,
+                        m.kv.len(),
                         st.error.map(|e| format!(" ERROR {e}")).unwrap_or_default()
                     ));
                 }

@@ -143,7 +143,8 @@ proptest! {
         val in any::<u8>()
     ) {
         let _ = decode(&Bytes::from(bytes));
-        let mut body = join(&encode_append(&env(), 4, LogId::new(10, 3), 9, 77, &entries())).to_vec();
+        let chunks = encode_append(&env(), 4, LogId::new(10, 3), 9, 77, &entries());
+        let mut body = join(&chunks).to_vec();
         let i = pos % body.len();
         body[i] = val;
         let _ = decode(&Bytes::from(body));
