@@ -150,3 +150,31 @@ proptest! {
         let _ = decode(&Bytes::from(body));
     }
 }
+
+#[test]
+fn the_protocol_page_example_matches_the_encoding() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md"))
+        .unwrap();
+    let start = doc.find("```raftservice-example").unwrap();
+    let block = &doc[start..];
+    let block = &block[block.find('\n').unwrap() + 1..block[3..].find("```").unwrap() + 3];
+    let mut want = Vec::new();
+    for line in block.lines() {
+        let hex = line.split("   ").next().unwrap_or("");
+        for byte in hex.split_whitespace() {
+            want.push(u8::from_str_radix(byte, 16).unwrap());
+        }
+    }
+    let env = Envelope {
+        group: GroupId::new("g").unwrap(),
+        from: "127.0.0.1:8100:0".parse().unwrap(),
+        to: "127.0.0.1:8101:0".parse().unwrap(),
+    };
+    let msg = Message::VoteRequest(VoteRequest {
+        term: 5,
+        last_log_id: LogId::new(9, 4),
+        pre_vote: true,
+        transfer: false,
+    });
+    assert_eq!(join(&encode_message(&env, &msg)).to_vec(), want);
+}
