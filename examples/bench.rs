@@ -1,0 +1,307 @@
+//! The benchmark line: N nodes per group, G groups, in one process on loopback TCP; C client
+//! threads each apply fixed-size payloads in a closed loop through the leader of one group.
+//! Prints one machine-readable line per configuration, plus, in the same run, this machine's
+//! loopback round trip and fdatasync latency.
+//!
+//! Run: `cargo run --release --example bench` (the default matrix), or one configuration:
+//! `cargo run --release --example bench -- --nodes 3 --groups 1 --clients 256 --payload 64
+//!  --log memory --sync on --secs 5`.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use traft::node::{Node, NodeOptions, Task};
+use traft::node_manager::NodeManager;
+use traft::rpc::{Server, ServerOptions};
+use traft::state_machine::{Iter, StateMachine};
+use traft::{Configuration, GroupId, PeerId, Runtime, RuntimeOptions};
+
+#[derive(Clone, Debug)]
+struct Config {
+    nodes: usize,
+    groups: usize,
+    clients: usize,
+    payload: usize,
+    disk: bool,
+    sync: bool,
+    secs: u64,
+}
+
+/// A state machine that only counts (the bench measures the replication path).
+struct Counter(Arc<AtomicU64>);
+
+impl StateMachine for Counter {
+    fn on_apply(&mut self, iter: &mut Iter<'_>) {
+        let n = iter.count() as u64;
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+struct Result {
+    ops_per_s: f64,
+    p50_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    errors: u64,
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    u64::from(sorted[i])
+}
+
+fn run(cfg: &Config, rt: &Runtime) -> Result {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut servers = Vec::new();
+    for _ in 0..cfg.nodes {
+        let mut so = ServerOptions::new("127.0.0.1:0".parse().expect("addr"));
+        so.runtime = Some(rt.clone());
+        so.logger = traft::logging::discard_logger();
+        let s = Arc::new(Server::start(so).expect("server"));
+        NodeManager::global().add_service(&s).expect("add_service");
+        servers.push(s);
+    }
+    let peers: Vec<PeerId> = servers.iter().map(|s| PeerId::new(s.local_addr(), 0)).collect();
+    let conf = Configuration::new(peers.iter().copied());
+    let mut groups: Vec<Vec<Node>> = Vec::new();
+    for g in 0..cfg.groups {
+        let group = GroupId::new(&format!("bench{g}")).expect("group");
+        let mut nodes = Vec::new();
+        for (i, peer) in peers.iter().enumerate() {
+            let path = dir.path().join(format!("g{g}n{i}"));
+            let sm = Box::new(Counter(Arc::new(AtomicU64::new(0))));
+            let mut opts = NodeOptions::new(sm, path, conf.clone());
+            opts.election_timeout_ms = 1000;
+            opts.memory_log = !cfg.disk;
+            opts.sync = cfg.sync;
+            opts.runtime = Some(rt.clone());
+            opts.logger = Some(traft::logging::discard_logger());
+            let node = Node::new(group.clone(), *peer);
+            node.init(opts).expect("init");
+            nodes.push(node);
+        }
+        groups.push(nodes);
+    }
+    let leaders: Vec<Node> = groups
+        .iter()
+        .map(|nodes| {
+            let start = Instant::now();
+            loop {
+                if let Some(l) = nodes.iter().find(|n| n.is_leader()) {
+                    break l.clone();
+                }
+                assert!(start.elapsed() < Duration::from_secs(10), "no leader");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+        .collect();
+    let result = drive(cfg, &leaders);
+    for nodes in &groups {
+        for n in nodes {
+            n.shutdown();
+        }
+        for n in nodes {
+            n.join();
+        }
+    }
+    for s in &servers {
+        NodeManager::global().remove_service(s.local_addr());
+        s.shutdown();
+    }
+    result
+}
+
+/// C client threads, each bound to one group's leader, apply in a closed loop.
+fn drive(cfg: &Config, leaders: &[Node]) -> Result {
+    let stop = AtomicBool::new(false);
+    let errors = AtomicU64::new(0);
+    let payload = Bytes::from(vec![7u8; cfg.payload]);
+    let warmup = Duration::from_millis(500);
+    let measure = Duration::from_secs(cfg.secs);
+    let (ops, mut lat) = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..cfg.clients)
+            .map(|c| {
+                let leader = &leaders[c % leaders.len()];
+                let (stop, errors, payload) = (&stop, &errors, &payload);
+                s.spawn(move || {
+                    let mut lat: Vec<u32> = Vec::with_capacity(1 << 16);
+                    let begin = Instant::now();
+                    let mut ops = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let t = Instant::now();
+                        let (task, w) = Task::waitable(payload.clone());
+                        leader.apply(task);
+                        if w.wait().is_err() {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        if t.duration_since(begin) >= warmup {
+                            ops += 1;
+                            lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                        }
+                    }
+                    (ops, lat)
+                })
+            })
+            .collect();
+        std::thread::sleep(warmup + measure);
+        stop.store(true, Ordering::Relaxed);
+        let mut ops = 0;
+        let mut lat = Vec::new();
+        for h in handles {
+            let (o, l) = h.join().expect("client");
+            ops += o;
+            lat.extend(l);
+        }
+        (ops, lat)
+    });
+    lat.sort_unstable();
+    Result {
+        ops_per_s: ops as f64 / measure.as_secs_f64(),
+        p50_us: percentile(&lat, 0.50),
+        p99_us: percentile(&lat, 0.99),
+        p999_us: percentile(&lat, 0.999),
+        errors: errors.load(Ordering::Relaxed),
+    }
+}
+
+/// Round trip of a 64-byte ping-pong over loopback TCP (std, blocking): the floor under one
+/// replication round.
+fn loopback_rtt_us() -> (u64, u64) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let echo = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        s.set_nodelay(true).ok();
+        let mut buf = [0u8; 64];
+        while s.read_exact(&mut buf).is_ok() {
+            if s.write_all(&buf).is_err() {
+                break;
+            }
+        }
+    });
+    let mut c = TcpStream::connect(addr).expect("connect");
+    c.set_nodelay(true).ok();
+    let mut buf = [1u8; 64];
+    let mut samples = Vec::with_capacity(5000);
+    for _ in 0..5000 {
+        let t = Instant::now();
+        c.write_all(&buf).expect("write");
+        c.read_exact(&mut buf).expect("read");
+        samples.push(t.elapsed().as_micros() as u32);
+    }
+    drop(c);
+    let _ = echo.join();
+    samples.sort_unstable();
+    (percentile(&samples, 0.5), percentile(&samples, 0.99))
+}
+
+/// fdatasync latency of a 4 KiB write to a preallocated file in a temp dir.
+fn fdatasync_us() -> (u64, u64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(dir.path().join("sync"))
+        .expect("open");
+    f.set_len(4 << 20).expect("set_len");
+    f.sync_all().expect("sync");
+    let block = [5u8; 4096];
+    let mut samples = Vec::with_capacity(300);
+    for i in 0..300u64 {
+        use std::io::Seek;
+        f.seek(std::io::SeekFrom::Start((i % 1000) * 4096)).expect("seek");
+        f.write_all(&block).expect("write");
+        let t = Instant::now();
+        f.sync_data().expect("fdatasync");
+        samples.push(t.elapsed().as_micros() as u32);
+    }
+    samples.sort_unstable();
+    (percentile(&samples, 0.5), percentile(&samples, 0.99))
+}
+
+fn parse_args() -> Option<Config> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.is_empty() {
+        return None;
+    }
+    let mut cfg = Config {
+        nodes: 3,
+        groups: 1,
+        clients: 64,
+        payload: 64,
+        disk: false,
+        sync: true,
+        secs: 5,
+    };
+    let mut it = args.iter();
+    while let Some(k) = it.next() {
+        let v = it.next().map(String::as_str).unwrap_or("");
+        let num = || v.parse::<usize>().unwrap_or_else(|_| panic!("{k} needs a number, got {v:?}"));
+        match k.as_str() {
+            "--nodes" => cfg.nodes = num(),
+            "--groups" => cfg.groups = num(),
+            "--clients" => cfg.clients = num(),
+            "--payload" => cfg.payload = num(),
+            "--secs" => cfg.secs = num() as u64,
+            "--log" => cfg.disk = v == "disk",
+            "--sync" => cfg.sync = v != "off",
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    Some(cfg)
+}
+
+fn main() {
+    let rt = Runtime::new(RuntimeOptions::default()).expect("runtime");
+    let (rtt50, rtt99) = loopback_rtt_us();
+    let (sync50, sync99) = fdatasync_us();
+    println!("machine loopback_rtt_p50_us={rtt50} loopback_rtt_p99_us={rtt99} fdatasync_p50_us={sync50} fdatasync_p99_us={sync99}");
+    let configs = match parse_args() {
+        Some(c) => vec![c],
+        None => {
+            let mut v = Vec::new();
+            for disk in [false, true] {
+                for clients in [1, 64, 256] {
+                    v.push(Config {
+                        nodes: 3,
+                        groups: 1,
+                        clients,
+                        payload: 64,
+                        disk,
+                        sync: true,
+                        secs: 5,
+                    });
+                }
+            }
+            v
+        }
+    };
+    for cfg in configs {
+        let r = run(&cfg, &rt);
+        println!(
+            "bench nodes={} groups={} clients={} payload={} log={} sync={} ops_per_s={:.0} \
+             p50_us={} p99_us={} p999_us={} errors={}",
+            cfg.nodes,
+            cfg.groups,
+            cfg.clients,
+            cfg.payload,
+            if cfg.disk { "disk" } else { "memory" },
+            if cfg.sync { "on" } else { "off" },
+            r.ops_per_s,
+            r.p50_us,
+            r.p99_us,
+            r.p999_us,
+            r.errors
+        );
+    }
+    rt.shutdown();
+}
