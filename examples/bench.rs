@@ -17,7 +17,8 @@ use bytes::Bytes;
 use traft::node::{Node, NodeOptions, Task};
 use traft::node_manager::NodeManager;
 use traft::rpc::{Server, ServerOptions};
-use traft::state_machine::{Iter, StateMachine};
+use traft::snapshot::{SnapshotReader, SnapshotWriter};
+use traft::state_machine::{Iter, SnapshotDone, StateMachine};
 use traft::{Configuration, GroupId, PeerId, Runtime, RuntimeOptions};
 
 #[derive(Clone, Debug)]
@@ -29,6 +30,9 @@ struct Config {
     disk: bool,
     sync: bool,
     secs: u64,
+    /// Clients are OS threads blocking on each apply, or closed-loop chains of callbacks (a
+    /// completion issues the client's next apply), as async clients would be.
+    threads: bool,
 }
 
 /// A state machine that only counts (the bench measures the replication path).
@@ -38,6 +42,23 @@ impl StateMachine for Counter {
     fn on_apply(&mut self, iter: &mut Iter<'_>) {
         let n = iter.count() as u64;
         self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn on_snapshot_save(&mut self, mut writer: SnapshotWriter, done: SnapshotDone) {
+        let count = self.0.load(Ordering::Relaxed).to_le_bytes();
+        match writer.write_file("count", &count) {
+            Ok(()) => done.complete(Ok(writer)),
+            Err(e) => done.complete(Err(e)),
+        }
+    }
+
+    fn on_snapshot_load(&mut self, reader: &SnapshotReader) -> traft::Result<()> {
+        let bytes = std::fs::read(reader.file_path("count"))
+            .map_err(|e| traft::RaftError::io("read", Some(&reader.file_path("count")), &e))?;
+        let mut b = [0u8; 8];
+        b.copy_from_slice(bytes.get(..8).unwrap_or(&[0; 8]));
+        self.0.store(u64::from_le_bytes(b), Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -79,6 +100,7 @@ fn run(cfg: &Config, rt: &Runtime) -> Result {
             let sm = Box::new(Counter(Arc::new(AtomicU64::new(0))));
             let mut opts = NodeOptions::new(sm, path, conf.clone());
             opts.election_timeout_ms = 1000;
+            opts.snapshot_interval_s = std::env::var("BENCH_SNAPSHOT_S").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
             opts.memory_log = !cfg.disk;
             opts.sync = cfg.sync;
             opts.runtime = Some(rt.clone());
@@ -102,7 +124,11 @@ fn run(cfg: &Config, rt: &Runtime) -> Result {
             }
         })
         .collect();
-    let result = drive(cfg, &leaders);
+    let result = if cfg.threads {
+        drive(cfg, &leaders)
+    } else {
+        drive_callbacks(cfg, &leaders)
+    };
     for nodes in &groups {
         for n in nodes {
             n.shutdown();
@@ -165,6 +191,80 @@ fn drive(cfg: &Config, leaders: &[Node]) -> Result {
     lat.sort_unstable();
     Result {
         ops_per_s: ops as f64 / measure.as_secs_f64(),
+        p50_us: percentile(&lat, 0.50),
+        p99_us: percentile(&lat, 0.99),
+        p999_us: percentile(&lat, 0.999),
+        errors: errors.load(Ordering::Relaxed),
+    }
+}
+
+/// One closed-loop client made of callbacks: each completion records its latency and issues
+/// the next apply, until stopped.
+struct Chain {
+    leader: Node,
+    payload: Bytes,
+    stop: Arc<AtomicBool>,
+    measuring: Arc<AtomicBool>,
+    errors: Arc<AtomicU64>,
+    lat: parking_lot::Mutex<Vec<u32>>,
+    done: AtomicBool,
+}
+
+fn issue(chain: Arc<Chain>) {
+    let start = Instant::now();
+    let c = chain.clone();
+    let task = Task::new(chain.payload.clone(), move |r| {
+        if r.is_err() {
+            c.errors.fetch_add(1, Ordering::Relaxed);
+        } else if c.measuring.load(Ordering::Relaxed) {
+            let us = start.elapsed().as_micros().min(u32::MAX as u128) as u32;
+            c.lat.lock().push(us);
+        }
+        if c.stop.load(Ordering::Relaxed) {
+            c.done.store(true, Ordering::Release);
+        } else {
+            issue(c);
+        }
+    });
+    chain.leader.apply(task);
+}
+
+fn drive_callbacks(cfg: &Config, leaders: &[Node]) -> Result {
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let payload = Bytes::from(vec![7u8; cfg.payload]);
+    let chains: Vec<Arc<Chain>> = (0..cfg.clients)
+        .map(|c| {
+            Arc::new(Chain {
+                leader: leaders[c % leaders.len()].clone(),
+                payload: payload.clone(),
+                stop: stop.clone(),
+                measuring: measuring.clone(),
+                errors: errors.clone(),
+                lat: parking_lot::Mutex::new(Vec::with_capacity(1 << 16)),
+                done: AtomicBool::new(false),
+            })
+        })
+        .collect();
+    for c in &chains {
+        issue(c.clone());
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(cfg.secs));
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while chains.iter().any(|c| !c.done.load(Ordering::Acquire)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut lat: Vec<u32> = chains.iter().flat_map(|c| c.lat.lock().clone()).collect();
+    lat.sort_unstable();
+    Result {
+        ops_per_s: lat.len() as f64 / elapsed.as_secs_f64(),
         p50_us: percentile(&lat, 0.50),
         p99_us: percentile(&lat, 0.99),
         p999_us: percentile(&lat, 0.999),
@@ -241,6 +341,7 @@ fn parse_args() -> Option<Config> {
         disk: false,
         sync: true,
         secs: 5,
+        threads: false,
     };
     let mut it = args.iter();
     while let Some(k) = it.next() {
@@ -254,6 +355,7 @@ fn parse_args() -> Option<Config> {
             "--secs" => cfg.secs = num() as u64,
             "--log" => cfg.disk = v == "disk",
             "--sync" => cfg.sync = v != "off",
+            "--clients-as" => cfg.threads = v == "threads",
             other => panic!("unknown argument {other}"),
         }
     }
@@ -261,7 +363,14 @@ fn parse_args() -> Option<Config> {
 }
 
 fn main() {
-    let rt = Runtime::new(RuntimeOptions::default()).expect("runtime");
+    // One disk thread per node of the group: three nodes in one process would otherwise wait
+    // for each other's fdatasync on the default two disk threads.
+    let disk_threads = std::env::var("BENCH_DISK_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let rt = Runtime::new(RuntimeOptions {
+        disk_threads,
+        ..RuntimeOptions::default()
+    })
+    .expect("runtime");
     let (rtt50, rtt99) = loopback_rtt_us();
     let (sync50, sync99) = fdatasync_us();
     println!("machine loopback_rtt_p50_us={rtt50} loopback_rtt_p99_us={rtt99} fdatasync_p50_us={sync50} fdatasync_p99_us={sync99}");
@@ -269,17 +378,20 @@ fn main() {
         Some(c) => vec![c],
         None => {
             let mut v = Vec::new();
-            for disk in [false, true] {
-                for clients in [1, 64, 256] {
-                    v.push(Config {
-                        nodes: 3,
-                        groups: 1,
-                        clients,
-                        payload: 64,
-                        disk,
-                        sync: true,
-                        secs: 5,
-                    });
+            for threads in [false, true] {
+                for disk in [false, true] {
+                    for clients in [1, 64, 256] {
+                        v.push(Config {
+                            nodes: 3,
+                            groups: 1,
+                            clients,
+                            payload: 64,
+                            disk,
+                            sync: true,
+                            secs: 5,
+                            threads,
+                        });
+                    }
                 }
             }
             v
@@ -288,11 +400,12 @@ fn main() {
     for cfg in configs {
         let r = run(&cfg, &rt);
         println!(
-            "bench nodes={} groups={} clients={} payload={} log={} sync={} ops_per_s={:.0} \
-             p50_us={} p99_us={} p999_us={} errors={}",
+            "bench nodes={} groups={} clients={} clients_as={} payload={} log={} sync={} \
+             ops_per_s={:.0} p50_us={} p99_us={} p999_us={} errors={}",
             cfg.nodes,
             cfg.groups,
             cfg.clients,
+            if cfg.threads { "threads" } else { "callbacks" },
             cfg.payload,
             if cfg.disk { "disk" } else { "memory" },
             if cfg.sync { "on" } else { "off" },

@@ -5,8 +5,10 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
-use crossbeam::channel;
+use parking_lot::{Condvar, Mutex};
 
 use super::event::NodeEvent;
 use super::{active, Node};
@@ -39,11 +41,10 @@ impl Task {
 
     /// A task and a handle to wait for its outcome (for synchronous callers).
     pub fn waitable(data: Bytes) -> (Task, TaskWaiter) {
-        let (tx, rx) = channel::bounded(1);
-        let task = Task::new(data, move |r| {
-            let _ = tx.send(r);
-        });
-        (task, TaskWaiter { rx })
+        let slot = Arc::new(Slot::default());
+        let s = slot.clone();
+        let task = Task::new(data, move |r| s.fill(r));
+        (task, TaskWaiter { slot })
     }
 
     /// Sets the term the leader must be in.
@@ -76,24 +77,50 @@ impl Task {
     }
 }
 
+/// Where a waitable task's outcome lands. A waiter parks on the condvar at once (no spinning:
+/// a benchmark's hundreds of waiting client threads must not burn the CPU the node needs).
+#[derive(Default)]
+struct Slot {
+    result: Mutex<Option<Result<Bytes>>>,
+    filled: Condvar,
+}
+
+impl Slot {
+    fn fill(&self, r: Result<Bytes>) {
+        *self.result.lock() = Some(r);
+        self.filled.notify_one();
+    }
+}
+
 /// Waits for a [`Task`] made with [`Task::waitable`].
 pub struct TaskWaiter {
-    rx: channel::Receiver<Result<Bytes>>,
+    slot: Arc<Slot>,
 }
 
 impl TaskWaiter {
     /// Blocks until the task completes.
     pub fn wait(self) -> Result<Bytes> {
-        self.rx.recv().unwrap_or(Err(RaftError::Stopped))
+        let mut r = self.slot.result.lock();
+        loop {
+            if let Some(r) = r.take() {
+                return r;
+            }
+            self.slot.filled.wait(&mut r);
+        }
     }
 
     /// Blocks until the task completes or `timeout` passes (`Timeout`; the task may still
     /// complete later).
     pub fn wait_timeout(self, timeout: Duration) -> Result<Bytes> {
-        match self.rx.recv_timeout(timeout) {
-            Ok(r) => r,
-            Err(channel::RecvTimeoutError::Timeout) => Err(RaftError::Timeout),
-            Err(channel::RecvTimeoutError::Disconnected) => Err(RaftError::Stopped),
+        let deadline = std::time::Instant::now() + timeout;
+        let mut r = self.slot.result.lock();
+        loop {
+            if let Some(r) = r.take() {
+                return r;
+            }
+            if self.slot.filled.wait_until(&mut r, deadline).timed_out() {
+                return r.take().unwrap_or(Err(RaftError::Timeout));
+            }
         }
     }
 }
