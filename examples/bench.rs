@@ -89,7 +89,10 @@ fn run(cfg: &Config, rt: &Runtime) -> Result {
         NodeManager::global().add_service(&s).expect("add_service");
         servers.push(s);
     }
-    let peers: Vec<PeerId> = servers.iter().map(|s| PeerId::new(s.local_addr(), 0)).collect();
+    let peers: Vec<PeerId> = servers
+        .iter()
+        .map(|s| PeerId::new(s.local_addr(), 0))
+        .collect();
     let conf = Configuration::new(peers.iter().copied());
     let mut groups: Vec<Vec<Node>> = Vec::new();
     for g in 0..cfg.groups {
@@ -100,7 +103,10 @@ fn run(cfg: &Config, rt: &Runtime) -> Result {
             let sm = Box::new(Counter(Arc::new(AtomicU64::new(0))));
             let mut opts = NodeOptions::new(sm, path, conf.clone());
             opts.election_timeout_ms = 1000;
-            opts.snapshot_interval_s = std::env::var("BENCH_SNAPSHOT_S").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+            opts.snapshot_interval_s = std::env::var("BENCH_SNAPSHOT_S")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
             opts.memory_log = !cfg.disk;
             opts.sync = cfg.sync;
             opts.runtime = Some(rt.clone());
@@ -318,7 +324,8 @@ fn fdatasync_us() -> (u64, u64) {
     let mut samples = Vec::with_capacity(300);
     for i in 0..300u64 {
         use std::io::Seek;
-        f.seek(std::io::SeekFrom::Start((i % 1000) * 4096)).expect("seek");
+        f.seek(std::io::SeekFrom::Start((i % 1000) * 4096))
+            .expect("seek");
         f.write_all(&block).expect("write");
         let t = Instant::now();
         f.sync_data().expect("fdatasync");
@@ -346,7 +353,10 @@ fn parse_args() -> Option<Config> {
     let mut it = args.iter();
     while let Some(k) = it.next() {
         let v = it.next().map(String::as_str).unwrap_or("");
-        let num = || v.parse::<usize>().unwrap_or_else(|_| panic!("{k} needs a number, got {v:?}"));
+        let num = || {
+            v.parse::<usize>()
+                .unwrap_or_else(|_| panic!("{k} needs a number, got {v:?}"))
+        };
         match k.as_str() {
             "--nodes" => cfg.nodes = num(),
             "--groups" => cfg.groups = num(),
@@ -365,7 +375,10 @@ fn parse_args() -> Option<Config> {
 fn main() {
     // One disk thread per node of the group: three nodes in one process would otherwise wait
     // for each other's fdatasync on the default two disk threads.
-    let disk_threads = std::env::var("BENCH_DISK_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let disk_threads = std::env::var("BENCH_DISK_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let rt = Runtime::new(RuntimeOptions {
         disk_threads,
         ..RuntimeOptions::default()

@@ -153,8 +153,8 @@ proptest! {
 
 #[test]
 fn the_protocol_page_example_matches_the_encoding() {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md"))
-        .unwrap();
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md")).unwrap();
     let start = doc.find("```raftservice-example").unwrap();
     let block = &doc[start..];
     let block = &block[block.find('\n').unwrap() + 1..block[3..].find("```").unwrap() + 3];
