@@ -12,6 +12,7 @@
 //! `sim` (tests and the `sim` feature) is the deterministic simulator that checks it.
 
 #![warn(missing_docs)]
+#![doc = include_str!("../README.md")]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod ballot_box;
