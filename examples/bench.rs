@@ -386,7 +386,10 @@ fn main() {
     .expect("runtime");
     let (rtt50, rtt99) = loopback_rtt_us();
     let (sync50, sync99) = fdatasync_us();
-    println!("machine loopback_rtt_p50_us={rtt50} loopback_rtt_p99_us={rtt99} fdatasync_p50_us={sync50} fdatasync_p99_us={sync99}");
+    println!(
+        "machine loopback_rtt_p50_us={rtt50} loopback_rtt_p99_us={rtt99} \
+         fdatasync_p50_us={sync50} fdatasync_p99_us={sync99}"
+    );
     let configs = match parse_args() {
         Some(c) => vec![c],
         None => {

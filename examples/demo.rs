@@ -213,7 +213,8 @@ fn report(name: &str, phase: &Phase, secs: u64) {
     let adds = phase.adds.load(Ordering::Relaxed);
     let reads = phase.reads.load(Ordering::Relaxed);
     println!(
-        "  {name}: {:.0} ops/s ({adds} adds, {reads} reads, {} retried), latency p50 {} us, p99 {} us",
+        "  {name}: {:.0} ops/s ({adds} adds, {reads} reads, {} retried), \
+         latency p50 {} us, p99 {} us",
         (adds + reads) as f64 / secs as f64,
         phase.redirects.load(Ordering::Relaxed),
         pct(0.5),

@@ -1,5 +1,5 @@
 //! The Raft node: one peer of one group (braft's NodeImpl), the shell around the pure
-//! [`RaftCore`](crate::core::RaftCore).
+//! [`RaftCore`].
 //!
 //! Every core step runs on the node's serial queue on the raft pool (`event.rs`): timers, the
 //! RaftService, the disk queue and user threads calling [`Node::apply`] only enqueue events
