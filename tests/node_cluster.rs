@@ -289,3 +289,19 @@ fn the_same_group_and_peer_twice_is_an_error() {
         "{err}"
     );
 }
+
+#[test]
+fn a_leader_in_its_error_state_stops_leading_and_the_others_elect_a_new_one() {
+    let c = Cluster::start("leader_error_state", ClusterOptions::new(3));
+    let l = c.wait_leader(election_bound());
+    c.members[l].kv.0.lock().panic_on = Some(Bytes::from_static(b"boom"));
+    let _ = c.apply_via(l, Bytes::from_static(b"boom"), APPLY_WITHIN);
+    c.wait("the leader enters its error state", APPLY_WITHIN, || {
+        c.node(l).error().is_some()
+    });
+    assert!(!c.node(l).is_leader(), "a failed node does not lead");
+    c.wait("another node leads", election_bound(), || {
+        c.leaders().iter().any(|x| *x != l)
+    });
+    c.apply(Bytes::from_static(b"after"), APPLY_WITHIN);
+}

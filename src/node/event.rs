@@ -418,7 +418,10 @@ impl Shell<'_> {
         {
             let mut state = self.shared.state.lock();
             match &*state {
-                Lifecycle::Active => *state = Lifecycle::Error(error.clone()),
+                Lifecycle::Active => {
+                    *state = Lifecycle::Error(error.clone());
+                    self.shared.active.store(false, Ordering::Release);
+                }
                 _ => return,
             }
         }

@@ -169,14 +169,25 @@ impl Node {
         self.shared.peer
     }
 
-    /// The leader this node knows of, if any.
+    /// The leader this node knows of, if any (none once it stopped or failed).
     pub fn leader_id(&self) -> Option<PeerId> {
+        if !self
+            .shared
+            .active
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return None;
+        }
         self.shared.with_core(|c| c.leader()).flatten()
     }
 
-    /// True while this node leads its group.
+    /// True while this node leads its group (never once it stopped or entered its error
+    /// state: it then serves nothing, whatever its core last decided).
     pub fn is_leader(&self) -> bool {
-        self.shared.with_core(|c| c.role() == Role::Leader) == Some(true)
+        self.shared
+            .active
+            .load(std::sync::atomic::Ordering::Acquire)
+            && self.shared.with_core(|c| c.role() == Role::Leader) == Some(true)
     }
 
     /// The current term.
