@@ -320,7 +320,6 @@ impl World {
             Ev::Restart { node } => self.restart(node),
             Ev::Strike { node, term } => self.strike(node, term),
             Ev::Crash { node } => self.crash(node),
-            Ev::Crash { node } => self.crash(node),
             Ev::Heal => self.heal(),
         }
     }
