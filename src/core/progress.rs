@@ -160,7 +160,9 @@ impl Progress {
 
     /// A rejection of a request whose `prev.index` was `rejected`, with the leader's own
     /// answer to the follower's hint, `hint_next` (the first index to try). Returns true if
-    /// the rejection was current and `next_index` moved back; stale rejections are ignored.
+    /// the rejection was current and `next_index` moved back (send the next probe now); stale
+    /// rejections, and current ones that teach nothing new, are ignored, so that duplicated
+    /// rejections never multiply probes (the next heartbeat probes again).
     pub fn maybe_decrease_to(&mut self, rejected: u64, hint_next: u64) -> bool {
         match self.state {
             ProgressState::Replicate => {
@@ -174,7 +176,13 @@ impl Progress {
                 if rejected + 1 != self.next_index {
                     return false;
                 }
-                self.next_index = hint_next.min(rejected).max(self.match_index + 1);
+                let next = hint_next.min(rejected).max(self.match_index + 1);
+                if next == self.next_index {
+                    // Nothing to move back to: only a follower that lost entries it
+                    // acknowledged answers so. Do not spin on it.
+                    return false;
+                }
+                self.next_index = next;
                 self.probe_sent = false;
                 true
             }
@@ -245,7 +253,10 @@ mod tests {
             !p.maybe_decrease_to(9, 1),
             "probe: not the outstanding probe"
         );
-        assert!(p.maybe_decrease_to(7, 3));
+        assert!(
+            !p.maybe_decrease_to(7, 3),
+            "already at match + 1: nothing learned"
+        );
         assert_eq!(p.next_index, 8, "never below match + 1");
     }
 

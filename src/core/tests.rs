@@ -476,3 +476,56 @@ fn bad_options_are_refused_with_the_reason() {
         .to_string()
         .contains("heartbeat_interval_ms"));
 }
+
+#[test]
+fn persistence_reports_that_go_backwards_or_were_never_asked_are_ignored() {
+    let mut c = Cluster::new(3);
+    c.auto_persist = false;
+    c.expire_election_timer(0); // pre-vote: nothing to persist yet
+    c.deliver_all();
+    let me = peer(0);
+    let voted = HardState {
+        term: 1,
+        voted_for: Some(me),
+    };
+    assert_eq!(c.core(0).hard_state(), voted);
+    let never = HardState {
+        term: 1,
+        voted_for: Some(peer(2)),
+    };
+    c.step(0, Event::HardStatePersisted(never));
+    assert!(c.net.is_empty(), "a state never asked for releases nothing");
+    c.step(0, Event::HardStatePersisted(voted));
+    assert!(
+        !c.net.is_empty(),
+        "the vote requests go out once the vote is durable"
+    );
+    c.net.clear();
+    c.step(
+        0,
+        Event::HardStatePersisted(HardState {
+            term: 1,
+            voted_for: None,
+        }),
+    );
+    assert_eq!(
+        c.nodes[0].core.persisted, voted,
+        "an older report never replaces a newer one"
+    );
+}
+
+#[test]
+fn an_unreachable_follower_is_probed_again() {
+    let mut c = Cluster::new(3);
+    c.campaign(0);
+    c.propose(0, 3);
+    c.deliver_all();
+    assert_eq!(
+        c.core(0).progress(&peer(1)).unwrap().state,
+        ProgressState::Replicate
+    );
+    c.step(0, Event::PeerUnreachable(peer(1)));
+    let pr = c.core(0).progress(&peer(1)).unwrap();
+    assert_eq!(pr.state, ProgressState::Probe);
+    assert_eq!(pr.next_index, pr.match_index + 1);
+}

@@ -80,7 +80,7 @@ impl World {
     }
 
     /// Crashes peer `i` (keeping a majority running), to restart it later.
-    fn crash(&mut self, i: usize) -> Result<(), String> {
+    pub(crate) fn crash(&mut self, i: usize) -> Result<(), String> {
         let n = self.nodes.len();
         let down = self.nodes.iter().filter(|n| !n.is_up()).count();
         if !self.nodes[i].is_up() || n - down - 1 < n / 2 + 1 {

@@ -2,7 +2,7 @@
 //! simulated disk, messages on the simulated network, committed entries into the state
 //! machine, timers on the peer's own clock), and runs the clients.
 
-use crate::core::message::{AppendEntriesRequest, EntryMeta, Message};
+use crate::core::message::{AppendEntriesRequest, EntryMeta, Message, VoteResponse};
 use crate::core::{Action, AppendSend, Event, Role};
 use crate::sim::client::{Reply, Running};
 use crate::sim::kv::{Cmd, Op, OpResult};
@@ -112,6 +112,16 @@ impl World {
         self.append(n, entries)
     }
 
+    /// Sometimes crashes a peer right after it granted a vote (RELIABILITY.md trap 2: the
+    /// grant must have been durable).
+    fn maybe_strike_voter(&mut self, n: usize) {
+        let strike = self.opts.faults && self.healed_at_us.is_none();
+        if strike && self.rng.chance(self.params.strike_new_leader) {
+            let after = self.rng.range(0, 1_500);
+            self.schedule(after, Ev::Crash { node: n });
+        }
+    }
+
     fn on_role_changed(&mut self, n: usize, role: Role, term: u64) {
         if role != Role::Leader {
             return;
@@ -159,6 +169,14 @@ impl World {
     ) -> Result<(), String> {
         if self.opts.promise_checks {
             self.checker.on_send(n, to, &msg, &self.nodes[n])?;
+        }
+        if let Message::VoteResponse(VoteResponse {
+            granted: true,
+            pre_vote: false,
+            ..
+        }) = msg
+        {
+            self.maybe_strike_voter(n);
         }
         let Some(to) = self.ids.iter().position(|p| *p == to) else {
             return Err(format!("peer {n} sent to a stranger {to}"));

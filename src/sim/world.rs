@@ -17,6 +17,11 @@ use crate::sim::node::{LogSlice, SimNode};
 use crate::sim::{Params, SimOptions, Stats};
 use crate::types::{Configuration, PeerId, Rng};
 
+/// More events in flight than any sane run has: a message storm, reported as a failure.
+const EVENTS_IN_FLIGHT_MAX: usize = 200_000;
+/// More steps than any sane run of the default size takes.
+const STEPS_MAX: u64 = 20_000_000;
+
 /// Something that happens at an instant.
 #[derive(Debug)]
 pub(crate) enum Ev {
@@ -65,6 +70,9 @@ pub(crate) enum Ev {
     Strike {
         node: usize,
         term: u64,
+    },
+    Crash {
+        node: usize,
     },
     Heal,
 }
@@ -232,6 +240,13 @@ impl World {
             self.now_us = time_us;
             self.dispatch(ev)?;
             self.steps += 1;
+            if self.queue.len() > EVENTS_IN_FLIGHT_MAX || self.steps > STEPS_MAX {
+                return Err(format!(
+                    "runaway run: {} events in flight after {} steps (a message storm?)",
+                    self.queue.len(),
+                    self.steps
+                ));
+            }
             if self.steps % self.opts.full_check_every == 0 {
                 self.checker.full(&self.nodes)?;
             }
@@ -304,6 +319,7 @@ impl World {
             Ev::Fault => self.inject_fault(),
             Ev::Restart { node } => self.restart(node),
             Ev::Strike { node, term } => self.strike(node, term),
+            Ev::Crash { node } => self.crash(node),
             Ev::Heal => self.heal(),
         }
     }
