@@ -27,8 +27,10 @@ const SMALL_CALLS: usize = 400;
 /// on its latency in bulk frame times (strict mode).
 const FRAMES_ALLOWED: f64 = 8.0;
 /// Structural bound on bulk frames received ahead of a small call: the one being written,
-/// the kernel's unsent bytes (16 KiB) and receive window (128 KiB), rounded up.
-const FRAMES_AHEAD_MAX: u64 = 4;
+/// one more in the kernel's unsent bytes (16 KiB), and what the receive buffer holds: Linux
+/// doubles the 128 KiB asked for with SO_RCVBUF, so up to 4 frames of 64 KiB. Measured on a
+/// quiet machine: p99 5, every round; a FIFO (the control below) waits behind all 32.
+const FRAMES_AHEAD_MAX: u64 = 6;
 const T: Duration = Duration::from_secs(10);
 
 /// The two tests measure time: they must not run at once.
