@@ -16,6 +16,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod ballot_box;
+pub mod capi;
 pub mod core;
 pub mod error;
 pub mod exec_queue;
