@@ -89,7 +89,7 @@ impl Group {
                 o.max_clock_drift_ms = 10;
                 o.heartbeat_interval_ms = 10;
                 let init = InitialState {
-                    conf: conf.clone(),
+                    configurations: vec![(0, conf.clone())],
                     ..InitialState::default()
                 };
                 RaftCore::new(o, init, &Empty, Rng::new(i as u64), discard_logger()).unwrap()
@@ -162,6 +162,7 @@ impl Group {
                         prev: send.prev,
                         commit: send.commit,
                         sent_ms: send.sent_ms,
+                        round: send.round,
                         entries,
                     };
                     self.net.push_back((i, to, Message::AppendEntries(req)));

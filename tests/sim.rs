@@ -75,6 +75,20 @@ fn summarize(part: u64, reports: &[SimReport], secs: f64) {
         sum(|r| r.stats.messages_lost),
         sum(|r| r.stats.messages_duplicated),
     );
+    eprintln!(
+        "sim part {part}: read batches {}, transfers {} asked / {} moved leadership, \
+         configuration changes {} asked / {} committed / {} refused or failed, snapshots {} \
+         saved / {} installed, seeds with 6-7 peers {}",
+        sum(|r| r.stats.read_batches),
+        sum(|r| r.stats.transfers_asked),
+        sum(|r| r.stats.transfers_done),
+        sum(|r| r.stats.conf_changes_asked),
+        sum(|r| r.stats.conf_changes_done),
+        sum(|r| r.stats.conf_changes_failed),
+        sum(|r| r.stats.snapshots_saved),
+        sum(|r| r.stats.snapshots_installed),
+        reports.iter().filter(|r| r.nodes >= 6).count(),
+    );
 }
 
 #[test]
@@ -165,6 +179,52 @@ fn bug_truncate_below_commit_is_caught() {
         ..BugSwitches::default()
     };
     assert_caught("truncate_below_commit", bugs, true, 5);
+}
+
+/// RELIABILITY trap 5: a leader lease as long as the election timeout, without the drift
+/// margin. The lease check (a valid lease needs a majority whose follower leases outlast it,
+/// in real time) catches it as soon as a leader's clock runs slower than its followers'.
+#[test]
+fn bug_lease_without_drift_margin_is_caught() {
+    let bugs = BugSwitches {
+        lease_without_drift: true,
+        ..BugSwitches::default()
+    };
+    assert_caught("lease_without_drift", bugs, true, 20);
+}
+
+/// RELIABILITY trap 6: a joint configuration committing with the new majority alone. The
+/// commit-quorum check (durable on a majority of both voter sets) catches it.
+#[test]
+fn bug_joint_commit_with_the_new_majority_only_is_caught() {
+    let bugs = BugSwitches {
+        joint_commit_new_majority_only: true,
+        ..BugSwitches::default()
+    };
+    assert_caught("joint_commit_new_majority_only", bugs, true, 100);
+}
+
+/// RELIABILITY trap 6: a leader removed by a change keeps campaigning. The check that every
+/// leader is a voter of its own configuration catches it when it wins again.
+#[test]
+fn bug_removed_leader_keeps_campaigning_is_caught() {
+    let bugs = BugSwitches {
+        removed_peer_campaigns: true,
+        ..BugSwitches::default()
+    };
+    assert_caught("removed_peer_campaigns", bugs, true, 100);
+}
+
+/// A ReadIndex answered before the term's no-op committed: the new leader's commit index may
+/// lag behind what its predecessor committed. The read check (a released read index is at
+/// least every index committed before the read arrived) catches it.
+#[test]
+fn bug_read_index_before_the_noop_commits_is_caught() {
+    let bugs = BugSwitches {
+        read_before_noop: true,
+        ..BugSwitches::default()
+    };
+    assert_caught("read_before_noop", bugs, true, 100);
 }
 
 /// etcd issue 8243: a peer isolated in an old term while the others' terms rise, healed as

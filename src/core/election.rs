@@ -10,7 +10,6 @@
 use crate::ballot_box::{Ballot, VoteResult};
 use crate::core::message::{Message, TimeoutNow, VoteRequest, VoteResponse};
 use crate::core::options::bug;
-use crate::core::progress::Progress;
 use crate::core::{Action, RaftCore, Role, TimerKind};
 use crate::types::{LogId, PeerId};
 
@@ -36,6 +35,9 @@ impl RaftCore {
             self.persist_hard_state();
         }
         let was_follower = self.role == Role::Follower;
+        if self.role == Role::Leader {
+            self.on_leadership_lost(leader);
+        }
         if self.leader != leader {
             self.pending_ack = None; // it was owed to the leader we no longer follow
         }
@@ -106,19 +108,7 @@ impl RaftCore {
             TimerKind::StepDown,
             self.now_ms + self.opts.election_timeout_ms,
         );
-        let next_index = self.log.last_index() + 1;
-        let me = self.opts.id;
-        let window = self.opts.max_inflight_appends;
-        self.peer_ids = self
-            .membership
-            .effective()
-            .all_peers()
-            .into_iter()
-            .filter(|p| *p != me)
-            .collect();
-        for p in &self.peer_ids {
-            self.progress.insert(*p, Progress::new(next_index, window));
-        }
+        self.sync_progress();
         let last = self.log.last_id();
         slog::info!(self.logger, "became leader"; "term" => self.term, "last" => %last);
         // The no-op of the new term: entries of earlier terms commit through it.
@@ -177,6 +167,14 @@ impl RaftCore {
         }
     }
 
+    /// True while this peer is a follower within its lease. Such a peer refuses every
+    /// message of a later term that no leader sends (vote requests, and stale responses to
+    /// requests it made as a candidate or leader): adopting that term would drop its lease
+    /// and let it vote while the leader it protects still holds a valid lease.
+    pub(super) fn protects_leader(&self) -> bool {
+        self.role == Role::Follower && self.follower_lease.is_active(self.now_ms)
+    }
+
     /// True while this peer protects a leader (itself, or one heard within the timeout).
     fn in_lease(&self) -> bool {
         match self.role {
@@ -186,9 +184,14 @@ impl RaftCore {
         }
     }
 
-    /// Raft's "at least as up-to-date" rule: compare last terms, then last indexes.
+    /// Raft's "at least as up-to-date" rule: compare last terms, then last indexes. A
+    /// snapshot being installed counts as held already.
     fn is_up_to_date(&self, candidate_last: LogId) -> bool {
-        candidate_last >= self.log.last_id()
+        let installing = self
+            .installing
+            .as_ref()
+            .map_or(LogId::default(), |i| i.last);
+        candidate_last >= self.log.last_id().max(installing)
     }
 
     pub(super) fn handle_vote_request(&mut self, from: PeerId, req: &VoteRequest) {
@@ -252,6 +255,9 @@ impl RaftCore {
     }
 
     pub(super) fn handle_vote_response(&mut self, from: PeerId, resp: &VoteResponse) {
+        if resp.term > self.term && self.protects_leader() {
+            return; // a stale answer to an earlier candidacy: it must not end the lease
+        }
         if resp.pre_vote {
             if resp.granted {
                 if self.role == Role::PreCandidate && resp.term == self.term + 1 {
@@ -284,8 +290,7 @@ impl RaftCore {
         if m.term > self.term {
             self.become_follower(m.term, Some(from));
         }
-        let voter = self.membership.effective().is_voter(&self.opts.id);
-        if self.role == Role::Follower && voter {
+        if self.role == Role::Follower && self.can_campaign() && self.installing.is_none() {
             slog::info!(self.logger, "TimeoutNow: campaigning at once"; "from" => %from);
             self.become_candidate(true);
         }

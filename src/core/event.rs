@@ -7,7 +7,8 @@
 use std::ops::Range;
 
 use crate::core::message::Message;
-use crate::types::{LogId, PeerId};
+use crate::error::{RaftError, Result};
+use crate::types::{Configuration, LogId, PeerId};
 
 /// The durable part of a peer's election state (braft's `raft_meta`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -89,6 +90,42 @@ pub enum Event<'a> {
     HardStatePersisted(HardState),
     /// The transport could not reach this peer (a hint: its pipeline restarts with a probe).
     PeerUnreachable(PeerId),
+    /// A batch of linearizable reads, named by the shell's `ctx`. Answered once, by
+    /// [`Action::ReadReady`] (serve the reads once the state machine has applied the given
+    /// index) or [`Action::RejectRead`].
+    ReadIndex {
+        /// The shell's name for the batch.
+        ctx: u64,
+    },
+    /// Hand leadership to `to` (leader only). Answered once by [`Action::TransferDone`].
+    TransferLeader {
+        /// The voter to hand over to.
+        to: PeerId,
+    },
+    /// Move to the stable configuration `target` (voters and learners) by joint consensus
+    /// (leader only). Answered once by [`Action::ConfChangeDone`].
+    ChangeConfiguration {
+        /// The shell's name for the request.
+        ctx: u64,
+        /// The configuration to reach; must be stable.
+        target: &'a Configuration,
+    },
+    /// The state machine's snapshot up to `last` is durable, with `conf` the configuration in
+    /// force at `last`. The core may then let the log be compacted ([`Action::CompactLog`]).
+    SnapshotSaved {
+        /// The last entry the snapshot includes (applied, so committed).
+        last: LogId,
+        /// The configuration in force at `last`.
+        conf: &'a Configuration,
+    },
+    /// The install ordered by [`Action::InstallSnapshot`] ended: on success the state
+    /// machine holds the snapshot and the log restarts after `last`, both durably.
+    SnapshotInstalled {
+        /// The snapshot's last entry.
+        last: LogId,
+        /// False when fetching or loading failed (nothing changed).
+        ok: bool,
+    },
 }
 
 /// An AppendEntries for the shell's replicator to send: `prev` and the entries
@@ -108,6 +145,8 @@ pub struct AppendSend {
     pub commit: u64,
     /// The leader's clock at the send, echoed by the response (leases, check-quorum).
     pub sent_ms: u64,
+    /// The leader's read round at the send, echoed by the response (ReadIndex).
+    pub round: u64,
 }
 
 /// One instruction from the core to its shell, in the order given.
@@ -141,13 +180,68 @@ pub enum Action {
     },
     /// Append the leader's no-op entry for its new term, then report [`Event::LogDurable`].
     AppendNoOp(LogId),
-    /// Refuse a proposal batch (this peer is not the leader): complete its tasks with
-    /// `NotLeader { leader }`.
+    /// Append a configuration entry (leader), then report [`Event::LogDurable`]`(id)`.
+    AppendConfiguration {
+        /// Its LogId.
+        id: LogId,
+        /// The configuration it carries.
+        conf: Configuration,
+    },
+    /// Refuse a proposal batch: complete its tasks with `error` (`NotLeader` with the leader
+    /// to redirect to, or `Busy` while leadership is being transferred).
     RejectProposals {
         /// The size of the refused batch.
         count: u64,
-        /// The leader to redirect to, if known.
-        leader: Option<PeerId>,
+        /// Why.
+        error: RaftError,
+    },
+    /// The read batch `ctx` is confirmed: answer it once the state machine has applied
+    /// `index`.
+    ReadReady {
+        /// The batch.
+        ctx: u64,
+        /// The commit index the reads must see.
+        index: u64,
+    },
+    /// The read batch `ctx` cannot be served here.
+    RejectRead {
+        /// The batch.
+        ctx: u64,
+        /// Why (`NotLeader`, with the leader to redirect to).
+        error: RaftError,
+    },
+    /// The outcome of an [`Event::TransferLeader`]: `Ok` once leadership left this peer
+    /// after the target was told to campaign; an error if refused or timed out.
+    TransferDone {
+        /// The requested target.
+        to: PeerId,
+        /// The outcome.
+        result: Result<()>,
+    },
+    /// The outcome of an [`Event::ChangeConfiguration`]: `Ok` once the target configuration
+    /// is committed.
+    ConfChangeDone {
+        /// The request.
+        ctx: u64,
+        /// The outcome.
+        result: Result<()>,
+    },
+    /// Entries up to `upto` are covered by a durable snapshot and may be removed from the log.
+    CompactLog {
+        /// The last index that may be removed.
+        upto: u64,
+    },
+    /// Follower: fetch the snapshot ending at `last` from the leader `from`, load it into the
+    /// state machine, reset the log to start after `last`, all durably, then report
+    /// [`Event::SnapshotInstalled`]. Log writes ordered before this must be carried out (and
+    /// reported) before the reset.
+    InstallSnapshot {
+        /// The leader offering it.
+        from: PeerId,
+        /// Its last entry.
+        last: LogId,
+        /// The configuration in force at `last`.
+        conf: Configuration,
     },
     /// Send a message.
     Send {

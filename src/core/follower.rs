@@ -14,7 +14,8 @@ impl RaftCore {
     pub(super) fn handle_append_entries(&mut self, from: PeerId, req: &AppendEntriesRequest) {
         if req.term < self.term {
             // A deposed leader: tell it the term so it steps down.
-            self.reply_append(from, false, req.prev.index, LogId::default(), req.sent_ms);
+            let (prev, sent_ms, round) = (req.prev.index, req.sent_ms, req.round);
+            self.reply_append(from, false, prev, LogId::default(), sent_ms, round);
             return;
         }
         if let Err(e) = req.validate() {
@@ -32,9 +33,20 @@ impl RaftCore {
         }
         self.follower_lease.renew(self.now_ms);
         self.timers.election_base_ms = self.now_ms;
-        if !self.log.matches(req.prev) {
+        if self.installing.is_none() && req.prev.index < self.log.base().index {
+            // The leader probes below this peer's snapshot: what the snapshot covers is
+            // committed, so it matches every current leader. Tell the leader where the durable
+            // committed prefix ends instead of rejecting a position this log cannot show.
+            let index = self.log.committed().min(self.log.durable());
+            self.leader_match_index = self.leader_match_index.max(index);
+            self.queue_ack(from, index, req.sent_ms, req.round);
+            return;
+        }
+        if self.installing.is_some() || !self.log.matches(req.prev) {
+            // While a snapshot installs, the log is frozen: the rejection still answers the
+            // leader's round and renews its lease.
             let hint = self.log.last_at_or_below(req.prev.index, req.prev.term);
-            self.reply_append(from, false, req.prev.index, hint, req.sent_ms);
+            self.reply_append(from, false, req.prev.index, hint, req.sent_ms, req.round);
             return;
         }
         if !self.accept_entries(req) {
@@ -46,7 +58,7 @@ impl RaftCore {
         if self.log.commit_to(target) {
             self.emit_committed();
         }
-        self.queue_ack(from, matched, req.sent_ms);
+        self.queue_ack(from, matched, req.sent_ms, req.round);
     }
 
     /// Where the request's entries stop matching this log: the position of the first entry
@@ -109,12 +121,16 @@ impl RaftCore {
     }
 
     /// Records that requests up to `index` matched; the acknowledgement goes out once durable.
-    fn queue_ack(&mut self, to: PeerId, index: u64, sent_ms: u64) {
-        let ack = self
-            .pending_ack
-            .get_or_insert(PendingAck { to, index, sent_ms });
+    pub(super) fn queue_ack(&mut self, to: PeerId, index: u64, sent_ms: u64, round: u64) {
+        let ack = self.pending_ack.get_or_insert(PendingAck {
+            to,
+            index,
+            sent_ms,
+            round,
+        });
         ack.index = ack.index.max(index);
         ack.sent_ms = ack.sent_ms.max(sent_ms);
+        ack.round = ack.round.max(round);
         self.maybe_send_ack();
     }
 
@@ -127,16 +143,33 @@ impl RaftCore {
             return;
         }
         self.pending_ack = None;
-        self.reply_append(ack.to, true, durable_match, LogId::default(), ack.sent_ms);
+        let (sent_ms, round) = (ack.sent_ms, ack.round);
+        self.reply_append(
+            ack.to,
+            true,
+            durable_match,
+            LogId::default(),
+            sent_ms,
+            round,
+        );
     }
 
-    fn reply_append(&mut self, to: PeerId, success: bool, index: u64, hint: LogId, sent_ms: u64) {
+    pub(super) fn reply_append(
+        &mut self,
+        to: PeerId,
+        success: bool,
+        index: u64,
+        hint: LogId,
+        sent_ms: u64,
+        round: u64,
+    ) {
         let resp = AppendEntriesResponse {
             term: self.term,
             success,
             index,
             hint,
             sent_ms,
+            round,
         };
         self.send(to, Message::AppendEntriesResponse(resp));
     }

@@ -40,6 +40,36 @@ impl RaftCore {
         if self.pending_ack.is_some() && (self.role != Role::Follower || self.leader.is_none()) {
             return Err("an acknowledgement pending outside a followed term".into());
         }
+        let base = self.log.base();
+        if base.index > self.snapshot.index || self.snapshot.index > self.log.committed() {
+            return Err(format!(
+                "purged {} / snapshot {} / commit {} out of order",
+                base,
+                self.snapshot,
+                self.log.committed()
+            ));
+        }
+        if self.installing.is_some() && (self.role != Role::Follower || self.pending_ack.is_some())
+        {
+            return Err("an install in progress outside a quiet follower".into());
+        }
+        let leading = self.role == Role::Leader;
+        let leader_only = !self.reads.is_empty()
+            || !self.reads_waiting.is_empty()
+            || self.transfer.is_some()
+            || self.conf_change.is_some()
+            || self.lease_void;
+        if leader_only && !leading {
+            return Err("leader requests kept outside leadership".into());
+        }
+        let rounds_sorted = self
+            .reads
+            .iter()
+            .zip(self.reads.iter().skip(1))
+            .all(|(a, b)| a.round <= b.round && b.round <= self.read_round);
+        if !rounds_sorted {
+            return Err("read rounds out of order".into());
+        }
         self.check_role()
     }
 
@@ -55,9 +85,15 @@ impl RaftCore {
                 if armed(TimerKind::Election) || armed(TimerKind::Vote) || !leader_only_timers {
                     return Err("leader timers wrong".into());
                 }
-                let want = self.membership.effective().all_peers().len()
-                    - usize::from(self.membership.effective().contains(&self.opts.id));
-                if self.progress.len() != want || self.peer_ids.len() != want {
+                let mut peers = self.membership.effective().all_peers();
+                if let Some(change) = &self.conf_change {
+                    peers.extend(change.target.all_peers());
+                }
+                peers.remove(&self.opts.id);
+                let want = peers.len();
+                let same =
+                    self.progress.keys().eq(peers.iter()) && self.peer_ids.iter().eq(peers.iter());
+                if !same {
                     return Err(format!(
                         "{} progress entries for {want} peers",
                         self.progress.len()

@@ -31,8 +31,17 @@ struct Run {
 /// A log write ordered by the core and not yet reported durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Write {
-    Append { first: u64, last: LogId },
-    Truncate { after: u64 },
+    Append {
+        first: u64,
+        last: LogId,
+    },
+    Truncate {
+        after: u64,
+    },
+    /// The log was replaced by a snapshot ending at `base` (an install).
+    Reset {
+        base: u64,
+    },
 }
 
 impl Write {
@@ -41,6 +50,7 @@ impl Write {
         match *self {
             Write::Append { first, .. } => first,
             Write::Truncate { after } => after + 1,
+            Write::Reset { base } => base + 1,
         }
     }
 }
@@ -118,6 +128,11 @@ impl LogView {
             prev_term = term;
         }
         Ok(view)
+    }
+
+    /// The entry before the first one held (the snapshot's last, or `(0, 0)`).
+    pub(crate) fn base(&self) -> LogId {
+        self.base
     }
 
     /// The last index held (`first_index() - 1` when empty).
@@ -207,7 +222,10 @@ impl LogView {
         );
         for e in entries {
             if self.runs.last().is_none_or(|r| r.term != e.id.term) {
-                debug_assert!(e.id.term > self.last_id().term);
+                debug_assert!(
+                    e.id.term > self.last_id().term
+                        || (self.runs.is_empty() && e.id.term >= self.base.term)
+                );
                 self.runs.push(Run {
                     start: e.id.index,
                     term: e.id.term,
@@ -239,6 +257,61 @@ impl LogView {
         self.last_index = after.max(self.base.index);
         self.durable = self.durable.min(self.last_index);
         self.writes.push_back(Write::Truncate { after });
+    }
+
+    /// Forgets the entries up to `upto` (covered by a durable snapshot): the log then starts
+    /// at `upto + 1`. Only committed entries are compacted.
+    ///
+    /// # Panics
+    /// If `upto` is beyond the commit index (a bug of the caller).
+    pub(crate) fn compact_to(&mut self, upto: u64) {
+        assert!(
+            upto <= self.committed,
+            "invariant: compaction to {upto} beyond the commit index {}",
+            self.committed
+        );
+        if upto <= self.base.index {
+            return;
+        }
+        let term = self
+            .term_at(upto)
+            .expect("invariant: upto is within the log");
+        let drop = self.runs.partition_point(|r| r.start <= upto);
+        // The run holding `upto` continues after it, unless the next run starts right there.
+        let keep_tail =
+            upto < self.last_index && self.runs.get(drop).is_none_or(|r| r.start > upto + 1);
+        self.runs.drain(..drop);
+        if keep_tail {
+            self.runs.insert(
+                0,
+                Run {
+                    start: upto + 1,
+                    term,
+                },
+            );
+        }
+        self.base = LogId::new(upto, term);
+        self.durable = self.durable.max(upto);
+    }
+
+    /// Replaces the whole log by a snapshot ending at `base` (a follower's install): the log
+    /// then starts at `base.index + 1`, everything up to `base` committed and durable.
+    ///
+    /// # Panics
+    /// If `base` is not beyond the commit index (installs of stale snapshots are refused
+    /// before they start).
+    pub(crate) fn reset_to(&mut self, base: LogId) {
+        assert!(
+            base.index > self.committed,
+            "invariant: an install at {base} must be beyond the commit index {}",
+            self.committed
+        );
+        self.base = base;
+        self.runs.clear();
+        self.last_index = base.index;
+        self.committed = base.index;
+        self.durable = base.index;
+        self.writes.push_back(Write::Reset { base: base.index });
     }
 
     /// Raises the commit index to `index` (never lowers it).

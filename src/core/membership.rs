@@ -6,6 +6,7 @@
 //! and starts from the configuration the shell restored. Joint-consensus decisions and the
 //! leader side come with part 2 on top of this list.
 
+use crate::error::{RaftError, Result};
 use crate::types::Configuration;
 
 /// The configuration entries of the log, oldest first.
@@ -25,9 +26,28 @@ impl Membership {
         }
     }
 
+    /// Starts from configurations restored from disk, oldest first (see
+    /// [`InitialState::configurations`](crate::core::InitialState::configurations)); none
+    /// means no configuration yet (a peer that waits to be added).
+    pub(crate) fn from_list(list: Vec<(u64, Configuration)>) -> Result<Membership> {
+        if list.is_empty() {
+            return Ok(Membership::new(0, Configuration::default()));
+        }
+        let m = Membership { entries: list };
+        m.check().map_err(RaftError::invalid)?;
+        Ok(m)
+    }
+
     /// The effective configuration: the newest in the log.
     pub(crate) fn effective(&self) -> &Configuration {
         &self.entries[self.entries.len() - 1].1
+    }
+
+    /// The configuration in force at log index `index` (the newest at or before it, or the
+    /// oldest known).
+    pub(crate) fn in_force_at(&self, index: u64) -> &Configuration {
+        let pos = self.entries.partition_point(|(i, _)| *i <= index);
+        &self.entries[pos.saturating_sub(1)].1
     }
 
     /// The log index of the effective configuration.
@@ -59,7 +79,7 @@ impl Membership {
         }
     }
 
-    pub(crate) fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> std::result::Result<(), String> {
         let sorted = self.entries.windows(2).all(|w| w[0].0 < w[1].0);
         if self.entries.is_empty() || !sorted {
             return Err(format!("bad configuration list: {:?}", self.entries));

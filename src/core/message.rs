@@ -9,13 +9,14 @@
 //! Encodings (little-endian; `LogId` = `index u64 | term u64`):
 //! - VoteRequest: `term u64 | last_log_id | flags u8` (bit 0 pre-vote, bit 1 transfer)
 //! - VoteResponse: `term u64 | flags u8` (bit 0 granted, bit 1 pre-vote)
-//! - AppendEntriesRequest: `term u64 | prev | commit u64 | sent_ms u64 | count u32 |
-//!   count x (term u64 | kind u8 | configuration if kind = 3)`; entry `i` has index
-//!   `prev.index + 1 + i`
+//! - AppendEntriesRequest: `term u64 | prev | commit u64 | sent_ms u64 | round u64 |
+//!   count u32 | count x (term u64 | kind u8 | configuration if kind = 3)`; entry `i` has
+//!   index `prev.index + 1 + i`
 //! - AppendEntriesResponse: `term u64 | flags u8` (bit 0 success) `| index u64 | hint |
-//!   sent_ms u64`
+//!   sent_ms u64 | round u64`
 //! - TimeoutNow: `term u64`
-//! - [`Message`]: `tag u8` (1-5 in the order above) then the body.
+//! - InstallSnapshotRequest: `term u64 | last LogId | configuration | sent_ms u64 | round u64`
+//! - [`Message`]: `tag u8` (1-6 in the order above) then the body.
 
 use crate::error::{RaftError, Result};
 use crate::types::codec::{put_u32, put_u64, put_u8, Reader};
@@ -56,6 +57,22 @@ pub struct EntryMeta {
     pub conf: Option<Box<Configuration>>,
 }
 
+/// The fields of an AppendEntries before its entries (what the node encodes from an
+/// [`AppendSend`](crate::core::AppendSend)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendHeader {
+    /// The leader's term.
+    pub term: u64,
+    /// The entry before the entries.
+    pub prev: LogId,
+    /// The leader's commit index.
+    pub commit: u64,
+    /// The leader's clock at the send.
+    pub sent_ms: u64,
+    /// The leader's read round at the send.
+    pub round: u64,
+}
+
 /// AppendEntries (a heartbeat when `entries` is empty).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AppendEntriesRequest {
@@ -67,6 +84,8 @@ pub struct AppendEntriesRequest {
     pub commit: u64,
     /// The leader's clock when it sent this; echoed in the response, never interpreted.
     pub sent_ms: u64,
+    /// The leader's read round when it sent this; echoed in the response (ReadIndex).
+    pub round: u64,
     /// Entries `prev.index + 1 ..`, in order.
     pub entries: Vec<EntryMeta>,
 }
@@ -86,6 +105,25 @@ pub struct AppendEntriesResponse {
     pub hint: LogId,
     /// The `sent_ms` of the newest request this response covers.
     pub sent_ms: u64,
+    /// The highest `round` of the requests this response covers.
+    pub round: u64,
+}
+
+/// The leader offers its snapshot to a follower whose next entry it no longer holds. The
+/// snapshot's data travels beside it (the node's file service, the simulator's payload); the
+/// follower answers with an [`AppendEntriesResponse`] once it has installed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstallSnapshotRequest {
+    /// The leader's term.
+    pub term: u64,
+    /// The last entry the snapshot includes.
+    pub last: LogId,
+    /// The configuration in force at `last`.
+    pub conf: Configuration,
+    /// As in [`AppendEntriesRequest::sent_ms`].
+    pub sent_ms: u64,
+    /// As in [`AppendEntriesRequest::round`].
+    pub round: u64,
 }
 
 /// The leader asks this peer to campaign at once (leader transfer).
@@ -108,6 +146,8 @@ pub enum Message {
     AppendEntriesResponse(AppendEntriesResponse),
     /// See [`TimeoutNow`].
     TimeoutNow(TimeoutNow),
+    /// See [`InstallSnapshotRequest`].
+    InstallSnapshot(InstallSnapshotRequest),
 }
 
 impl Message {
@@ -119,6 +159,7 @@ impl Message {
             Message::AppendEntries(m) => m.term,
             Message::AppendEntriesResponse(m) => m.term,
             Message::TimeoutNow(m) => m.term,
+            Message::InstallSnapshot(m) => m.term,
         }
     }
 
@@ -145,6 +186,10 @@ impl Message {
                 put_u8(buf, 5);
                 put_u64(buf, m.term);
             }
+            Message::InstallSnapshot(m) => {
+                put_u8(buf, 6);
+                m.encode(buf);
+            }
         }
     }
 
@@ -156,6 +201,7 @@ impl Message {
             3 => Message::AppendEntries(AppendEntriesRequest::decode(r)?),
             4 => Message::AppendEntriesResponse(AppendEntriesResponse::decode(r)?),
             5 => Message::TimeoutNow(TimeoutNow { term: r.u64()? }),
+            6 => Message::InstallSnapshot(InstallSnapshotRequest::decode(r)?),
             other => return Err(r.error(format!("unknown message tag {other}"))),
         })
     }
@@ -247,19 +293,24 @@ impl EntryMeta {
 impl AppendEntriesRequest {
     /// Appends everything before the entries (the node then appends `count` entry metadata
     /// with [`EntryMeta::encode_parts`]).
-    pub fn encode_header(
-        term: u64,
-        prev: LogId,
-        commit: u64,
-        sent_ms: u64,
-        count: u32,
-        buf: &mut Vec<u8>,
-    ) {
-        put_u64(buf, term);
-        prev.encode(buf);
-        put_u64(buf, commit);
-        put_u64(buf, sent_ms);
+    pub fn encode_header(header: &AppendHeader, count: u32, buf: &mut Vec<u8>) {
+        put_u64(buf, header.term);
+        header.prev.encode(buf);
+        put_u64(buf, header.commit);
+        put_u64(buf, header.sent_ms);
+        put_u64(buf, header.round);
         put_u32(buf, count);
+    }
+
+    /// Everything but the entries.
+    pub fn header(&self) -> AppendHeader {
+        AppendHeader {
+            term: self.term,
+            prev: self.prev,
+            commit: self.commit,
+            sent_ms: self.sent_ms,
+            round: self.round,
+        }
     }
 
     /// Appends the body.
@@ -270,7 +321,7 @@ impl AppendEntriesRequest {
     pub fn encode(&self, buf: &mut Vec<u8>) {
         let count = u32::try_from(self.entries.len())
             .expect("invariant: an AppendEntries holds fewer than 2^32 entries");
-        Self::encode_header(self.term, self.prev, self.commit, self.sent_ms, count, buf);
+        Self::encode_header(&self.header(), count, buf);
         for e in &self.entries {
             EntryMeta::encode_parts(e.id.term, e.kind, e.conf.as_deref(), buf);
         }
@@ -282,6 +333,7 @@ impl AppendEntriesRequest {
         let prev = LogId::decode(r)?;
         let commit = r.u64()?;
         let sent_ms = r.u64()?;
+        let round = r.u64()?;
         let count = r.count(ENTRY_META_LEN_MIN)?;
         if prev.index.checked_add(count as u64).is_none() {
             return Err(r.error("entry indexes overflow"));
@@ -302,6 +354,7 @@ impl AppendEntriesRequest {
             prev,
             commit,
             sent_ms,
+            round,
             entries,
         };
         req.validate().map_err(|e| r.error(e.to_string()))?;
@@ -352,6 +405,7 @@ impl AppendEntriesResponse {
         put_u64(buf, self.index);
         self.hint.encode(buf);
         put_u64(buf, self.sent_ms);
+        put_u64(buf, self.round);
     }
 
     /// Reads the body.
@@ -364,7 +418,41 @@ impl AppendEntriesResponse {
             index: r.u64()?,
             hint: LogId::decode(r)?,
             sent_ms: r.u64()?,
+            round: r.u64()?,
         })
+    }
+}
+
+impl InstallSnapshotRequest {
+    /// Appends the body.
+    pub fn encode(&self, buf: &mut Vec<u8>) {
+        put_u64(buf, self.term);
+        self.last.encode(buf);
+        self.conf.encode(buf);
+        put_u64(buf, self.sent_ms);
+        put_u64(buf, self.round);
+    }
+
+    /// Reads the body; a snapshot of a later term than the leader's, or of index 0, or
+    /// without voters, is refused.
+    pub fn decode(r: &mut Reader<'_>) -> Result<InstallSnapshotRequest> {
+        let term = r.u64()?;
+        let last = LogId::decode(r)?;
+        let conf = Configuration::decode(r)?;
+        let req = InstallSnapshotRequest {
+            term,
+            last,
+            conf,
+            sent_ms: r.u64()?,
+            round: r.u64()?,
+        };
+        if req.last.term > req.term || req.last.index == 0 {
+            return Err(r.error(format!("snapshot {} from term {}", req.last, req.term)));
+        }
+        if req.conf.is_empty() {
+            return Err(r.error("a snapshot without voters"));
+        }
+        Ok(req)
     }
 }
 

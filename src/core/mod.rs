@@ -1,5 +1,8 @@
 //! The Raft protocol as a pure state machine ([`RaftCore`]): election with pre-vote and
-//! check-quorum, replication with per-follower progress, commit by the ballot rules, leases.
+//! check-quorum, replication with per-follower progress, commit by the ballot rules, leases,
+//! linearizable reads (ReadIndex and lease reads), leader transfer, membership changes by
+//! joint consensus with learners, and the snapshot decisions (compaction, offering a snapshot
+//! to a follower that needs compacted entries, accepting or refusing one).
 //!
 //! It owns no thread, clock, socket or file. The node runs it on its serial queue on the raft
 //! pool: one [`RaftCore::step`] per event, under the node mutex, then carries out the returned
@@ -28,8 +31,12 @@
 //!   may send and persist in any order without ever promising what is not on disk. The leader
 //!   sends its new entries before its own sync (as etcd does); they count for its own vote only
 //!   after [`Event::LogDurable`].
-//! - **Committed entries** are handed out once, in order ([`Action::Committed`]).
+//! - **Committed entries** are handed out once, in order ([`Action::Committed`]), except
+//!   those an installed snapshot replaced.
+//! - **Requests** (reads, transfers, configuration changes) are answered exactly once each,
+//!   by the action their event names.
 
+mod conf_change;
 mod election;
 mod event;
 mod follower;
@@ -39,21 +46,28 @@ mod membership;
 pub mod message;
 mod options;
 mod progress;
+mod read;
 mod replication;
+mod snapshot;
 mod timers;
+mod transfer;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use slog::Logger;
 
 use crate::ballot_box::Ballot;
-use crate::error::Result;
+use crate::error::{RaftError, Result};
 use crate::lease::{FollowerLease, LeaderLease};
 use crate::types::{Configuration, LogId, LogRead, PeerId, Rng};
+use conf_change::ConfChange;
 use log_view::LogView;
 use membership::Membership;
 use message::Message;
+use read::PendingRead;
+use snapshot::Installing;
 use timers::Timers;
+use transfer::Transfer;
 
 pub use event::{Action, Actions, AppendSend, Event, HardState, Role, TimerKind};
 #[cfg(any(test, feature = "sim"))]
@@ -67,12 +81,18 @@ pub use progress::{Inflights, Progress, ProgressState};
 pub struct InitialState {
     /// Term and vote from the meta storage.
     pub hard_state: HardState,
-    /// The newest configuration in the log or snapshot, or the initial one.
-    pub conf: Configuration,
-    /// The log index of `conf` (0 when it came from the options).
-    pub conf_index: u64,
+    /// The configurations known, oldest first, by log index: the one in force before the
+    /// log's first entry (the snapshot's at its index, or the initial one at index 0), then
+    /// every configuration entry of the log. The newest is in force; the others are kept
+    /// because an uncommitted configuration entry may still be truncated.
+    pub configurations: Vec<(u64, Configuration)>,
     /// The index the state machine has applied (entries up to it are committed).
     pub applied_index: u64,
+    /// The last entry of the newest durable snapshot (`(0, 0)` when there is none). The log
+    /// starts at or before `snapshot.index + 1`.
+    pub snapshot: LogId,
+    /// The configuration in force at `snapshot` (empty when there is none).
+    pub snapshot_conf: Configuration,
 }
 
 /// An AppendEntries acknowledgement waiting for its entries to be durable.
@@ -83,6 +103,8 @@ struct PendingAck {
     index: u64,
     /// The newest `sent_ms` among them, echoed to the leader.
     sent_ms: u64,
+    /// The highest read round among them, echoed to the leader.
+    round: u64,
 }
 
 /// One peer's Raft protocol state. See the module documentation for the contract.
@@ -133,6 +155,32 @@ pub struct RaftCore {
     actions: Actions,
     /// Reused by quorum computations.
     scratch: Vec<u64>,
+
+    /// The newest durable snapshot and its configuration. Invariant: `log.base().index <=
+    /// snapshot.index <= commit index`.
+    snapshot: LogId,
+    snapshot_conf: Configuration,
+    /// Follower: the snapshot being installed. Invariant: `Some` only while follower; while
+    /// `Some` the log and the commit index do not change and the peer does not campaign.
+    installing: Option<Installing>,
+    /// Leader: reads waiting for a quorum round, oldest first. Invariant: empty unless
+    /// leader; rounds non-decreasing.
+    reads: VecDeque<PendingRead>,
+    /// Leader: reads waiting for the term's no-op to commit. Invariant: empty unless leader.
+    reads_waiting: Vec<u64>,
+    /// Leader: the current read round, echoed by followers. Invariant: never decreases
+    /// within a term.
+    read_round: u64,
+    /// Leader: the lease may not be used for the rest of the term (a TimeoutNow was sent:
+    /// voters now ignore their follower leases for the target).
+    lease_void: bool,
+    /// Leader: the transfer in progress. Invariant: `None` unless leader.
+    transfer: Option<Transfer>,
+    /// Leader: the configuration change in progress. Invariant: `None` unless leader.
+    conf_change: Option<ConfChange>,
+    /// This peer stepped down because a committed configuration removed it (only the
+    /// `removed_peer_campaigns` bug switch reads it).
+    removed: bool,
 }
 
 impl RaftCore {
@@ -146,11 +194,24 @@ impl RaftCore {
         logger: Logger,
     ) -> Result<RaftCore> {
         opts.validate()?;
-        let log = LogView::from_log(log, init.applied_index)?;
+        let applied = init.applied_index.max(init.snapshot.index);
+        let log = LogView::from_log(log, applied)?;
+        if log.base().index > init.snapshot.index {
+            return Err(RaftError::invalid(format!(
+                "the log starts after {} but the snapshot ends at {}",
+                log.base(),
+                init.snapshot
+            )));
+        }
         let handed_index = log.committed();
+        #[cfg(any(test, feature = "sim"))]
+        let no_drift = opts.bugs.lease_without_drift;
+        #[cfg(not(any(test, feature = "sim")))]
+        let no_drift = false;
+        let drift_ms = if no_drift { 0 } else { opts.max_clock_drift_ms };
         Ok(RaftCore {
             follower_lease: FollowerLease::new(opts.election_timeout_ms),
-            leader_lease: LeaderLease::new(opts.election_timeout_ms, opts.max_clock_drift_ms),
+            leader_lease: LeaderLease::new(opts.election_timeout_ms, drift_ms),
             timers: Timers::new(opts.election_timeout_ms),
             opts,
             logger,
@@ -162,7 +223,7 @@ impl RaftCore {
             outbox: Vec::new(),
             role: Role::Follower,
             leader: None,
-            membership: Membership::new(init.conf_index, init.conf),
+            membership: Membership::from_list(init.configurations)?,
             log,
             handed_index,
             ballot: Ballot::new(),
@@ -173,6 +234,16 @@ impl RaftCore {
             reported: None,
             actions: Actions::default(),
             scratch: Vec::new(),
+            snapshot: init.snapshot,
+            snapshot_conf: init.snapshot_conf,
+            installing: None,
+            reads: VecDeque::new(),
+            reads_waiting: Vec::new(),
+            read_round: 0,
+            lease_void: false,
+            transfer: None,
+            conf_change: None,
+            removed: false,
         })
     }
 
@@ -211,6 +282,13 @@ impl RaftCore {
             Event::LogDurable(id) => self.handle_log_durable(id),
             Event::HardStatePersisted(hs) => self.handle_hard_state_persisted(hs),
             Event::PeerUnreachable(peer) => self.handle_unreachable(peer),
+            Event::ReadIndex { ctx } => self.handle_read_index(ctx),
+            Event::TransferLeader { to } => self.handle_transfer_leader(to),
+            Event::ChangeConfiguration { ctx, target } => {
+                self.handle_change_configuration(ctx, target)
+            }
+            Event::SnapshotSaved { last, conf } => self.handle_snapshot_saved(last, conf),
+            Event::SnapshotInstalled { last, ok } => self.handle_snapshot_installed(last, ok),
         }
         self.report_role();
         &mut self.actions
@@ -227,6 +305,7 @@ impl RaftCore {
             Message::AppendEntries(m) => self.handle_append_entries(from, m),
             Message::AppendEntriesResponse(m) => self.handle_append_response(from, m),
             Message::TimeoutNow(m) => self.handle_timeout_now(from, m),
+            Message::InstallSnapshot(m) => self.handle_install_snapshot(from, m),
         }
     }
 
@@ -388,6 +467,85 @@ impl RaftCore {
     /// The leader's knowledge of `peer` (leader only).
     pub fn progress(&self, peer: &PeerId) -> Option<&Progress> {
         self.progress.get(peer)
+    }
+
+    /// The first index the log holds (entries before it are in the snapshot).
+    pub fn first_index(&self) -> u64 {
+        self.log.base().index + 1
+    }
+
+    /// The newest durable snapshot this core knows of.
+    pub fn snapshot(&self) -> LogId {
+        self.snapshot
+    }
+
+    /// The snapshot being installed (follower), if any.
+    pub fn installing(&self) -> Option<LogId> {
+        self.installing.as_ref().map(|i| i.last)
+    }
+
+    /// The configuration in force at the commit index (the effective one may be newer).
+    pub fn committed_configuration(&self) -> &Configuration {
+        self.membership.in_force_at(self.log.committed())
+    }
+
+    /// True if this peer may campaign: it votes in the effective configuration, or in the
+    /// committed one. The second case is a leader whose removal is appended but not known
+    /// committed (openraft issue 2091): its log may be the only one that holds `C_new`, so
+    /// without it the group could stay leaderless. Votes are still counted under the
+    /// effective configuration, where its own does not count.
+    pub fn can_campaign(&self) -> bool {
+        let me = &self.opts.id;
+        self.membership.effective().is_voter(me) || self.committed_configuration().is_voter(me)
+    }
+
+    /// The log index of the effective configuration.
+    pub fn configuration_index(&self) -> u64 {
+        self.membership.effective_index()
+    }
+
+    /// True while a configuration change or a leader transfer is in progress (leader).
+    pub fn is_changing(&self) -> bool {
+        self.conf_change.is_some() || self.transfer.is_some()
+    }
+
+    /// The follower lease's last contact with a leader, if one is remembered (simulator
+    /// checks of the lease argument).
+    pub fn follower_lease_contact_ms(&self) -> Option<u64> {
+        self.follower_lease.last_contact_ms()
+    }
+
+    /// Leader: fails every request that needs leadership (reads, a transfer, a configuration
+    /// change) now that it is lost; `leader` is the new leader if known.
+    fn on_leadership_lost(&mut self, leader: Option<PeerId>) {
+        let error = RaftError::NotLeader { leader };
+        for read in self.reads.drain(..) {
+            self.actions.push(Action::RejectRead {
+                ctx: read.ctx,
+                error: error.clone(),
+            });
+        }
+        for ctx in self.reads_waiting.drain(..) {
+            self.actions.push(Action::RejectRead {
+                ctx,
+                error: error.clone(),
+            });
+        }
+        if let Some(t) = self.transfer.take() {
+            let result = if t.timeout_now_sent {
+                Ok(())
+            } else {
+                Err(error.clone())
+            };
+            self.actions.push(Action::TransferDone { to: t.to, result });
+        }
+        if let Some(c) = self.conf_change.take() {
+            self.actions.push(Action::ConfChangeDone {
+                ctx: c.ctx,
+                result: Err(error),
+            });
+        }
+        self.lease_void = false;
     }
 
     /// The options the core runs with.

@@ -26,6 +26,16 @@ pub struct CoreOptions {
     /// Heartbeat intervals without progress, with appends in flight, after which the leader
     /// assumes they were lost and probes the follower again (the core's retransmission rule).
     pub stall_heartbeats: u32,
+    /// Serve reads from the leader lease while it is valid (no heartbeat round); otherwise
+    /// every read confirms leadership with a quorum round (ReadIndex). Safe only under the
+    /// clock-drift bound; check-quorum, which the lease needs, is always on.
+    pub lease_reads: bool,
+    /// A new voter joins the configuration only once its log is within this many entries of
+    /// the leader's (braft's `catchup_margin`).
+    pub catchup_margin: u64,
+    /// After a snapshot, keep this many entries before it in the log for followers that are
+    /// slightly behind (so they need no snapshot).
+    pub snapshot_log_margin: u64,
     /// Deliberately broken behaviour, for the simulator's bug re-introduction tests.
     #[cfg(any(test, feature = "sim"))]
     pub bugs: BugSwitches,
@@ -33,7 +43,8 @@ pub struct CoreOptions {
 
 impl CoreOptions {
     /// Defaults for `id`: T = 1000 ms, drift 100 ms, heartbeat T / 10, pre-vote on, 256
-    /// appends in flight, 512 entries per append, stall after 2 heartbeats.
+    /// appends in flight, 512 entries per append, stall after 2 heartbeats, lease reads on,
+    /// catch-up margin 1000 entries, 1000 entries kept before a snapshot.
     pub fn new(id: PeerId) -> CoreOptions {
         let election_timeout_ms = 1000;
         CoreOptions {
@@ -45,6 +56,9 @@ impl CoreOptions {
             max_inflight_appends: 256,
             max_entries_per_append: 512,
             stall_heartbeats: 2,
+            lease_reads: true,
+            catchup_margin: 1000,
+            snapshot_log_margin: 1000,
             #[cfg(any(test, feature = "sim"))]
             bugs: BugSwitches::default(),
         }
@@ -97,6 +111,14 @@ pub struct BugSwitches {
     /// A follower replaces its log after a (possibly stale) AppendEntries' last entry with
     /// nothing, even at or below its commit index, instead of truncating only on a conflict.
     pub truncate_below_commit: bool,
+    /// The leader lease lasts the whole election timeout, without the clock-drift margin.
+    pub lease_without_drift: bool,
+    /// A joint configuration commits with a majority of `C_new` alone.
+    pub joint_commit_new_majority_only: bool,
+    /// A peer removed from the configuration keeps campaigning.
+    pub removed_peer_campaigns: bool,
+    /// ReadIndex answers with the commit index before the term's no-op has committed.
+    pub read_before_noop: bool,
 }
 
 /// Reads a bug switch: always false outside tests and the `sim` feature.

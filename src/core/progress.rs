@@ -3,8 +3,9 @@
 //!
 //! Owned by the leader's core; pure bookkeeping. Probe: one AppendEntries at a time (at most
 //! one per heartbeat interval) until the follower's position is found. Replicate: pipelined
-//! appends, optimistically advancing `next`, bounded by the in-flight window. (Snapshot comes
-//! with part 2.)
+//! appends, optimistically advancing `next`, bounded by the in-flight window. Snapshot: the
+//! follower needs entries the leader compacted away; a snapshot was offered and nothing else
+//! is sent (but heartbeats) until the follower answers or the offer times out.
 
 use std::collections::VecDeque;
 
@@ -17,6 +18,8 @@ pub enum ProgressState {
     Probe,
     /// Streaming: requests pipelined up to the in-flight window.
     Replicate,
+    /// A snapshot was offered; waiting for the follower to install it.
+    Snapshot,
 }
 
 /// The last indexes of the appends in flight to one follower, oldest first.
@@ -108,6 +111,14 @@ pub struct Progress {
     /// The leader-clock send time of the newest request this follower answered in this term
     /// (check-quorum and the leader lease); `None` before its first answer.
     pub last_ack_sent_ms: Option<u64>,
+    /// The highest read round this follower answered in this term (ReadIndex).
+    pub last_ack_round: u64,
+    /// Snapshot: the last index of the snapshot offered, and when (leader clock).
+    /// Invariant: `Some` exactly in the Snapshot state.
+    pub snapshot: Option<(u64, u64)>,
+    /// When `match_index` last moved (leader clock; the progress' creation at first): how a
+    /// catching-up voter is told from a stuck one.
+    pub match_moved_ms: u64,
     /// `match_index` at the previous heartbeat, and how many heartbeats it has not moved while
     /// appends were in flight (the retransmission rule).
     match_at_last_tick: u64,
@@ -124,6 +135,9 @@ impl Progress {
             probe_sent: false,
             inflights: Inflights::new(inflight_capacity),
             last_ack_sent_ms: None,
+            last_ack_round: 0,
+            snapshot: None,
+            match_moved_ms: 0,
             match_at_last_tick: 0,
             stalled_ticks: 0,
         }
@@ -136,6 +150,7 @@ impl Progress {
         self.next_index = self.match_index + 1;
         self.inflights.reset();
         self.stalled_ticks = 0;
+        self.snapshot = None;
     }
 
     /// Switches to pipelined replication from `match_index + 1`.
@@ -145,13 +160,25 @@ impl Progress {
         self.next_index = self.match_index + 1;
         self.inflights.reset();
         self.stalled_ticks = 0;
+        self.snapshot = None;
     }
 
-    /// A success acknowledged `index`. Returns true if `match_index` advanced.
-    pub fn maybe_update(&mut self, index: u64) -> bool {
+    /// A snapshot ending at `index` was offered at `now_ms`: send nothing else until the
+    /// follower answers.
+    pub fn become_snapshot(&mut self, index: u64, now_ms: u64) {
+        self.state = ProgressState::Snapshot;
+        self.probe_sent = false;
+        self.inflights.reset();
+        self.stalled_ticks = 0;
+        self.snapshot = Some((index, now_ms));
+    }
+
+    /// A success acknowledged `index` at `now_ms`. Returns true if `match_index` advanced.
+    pub fn maybe_update(&mut self, index: u64, now_ms: u64) -> bool {
         let advanced = index > self.match_index;
         if advanced {
             self.match_index = index;
+            self.match_moved_ms = now_ms;
         }
         self.next_index = self.next_index.max(index + 1);
         self.inflights.free_to(index);
@@ -165,6 +192,8 @@ impl Progress {
     /// rejections never multiply probes (the next heartbeat probes again).
     pub fn maybe_decrease_to(&mut self, rejected: u64, hint_next: u64) -> bool {
         match self.state {
+            // Waiting for the snapshot: rejections of heartbeats teach nothing.
+            ProgressState::Snapshot => false,
             ProgressState::Replicate => {
                 if rejected <= self.match_index {
                     return false;
@@ -216,8 +245,14 @@ impl Progress {
                 self.next_index, leader_last
             ));
         }
-        if self.state == ProgressState::Probe && !self.inflights.is_empty() {
-            return Err("appends in flight while probing".into());
+        if self.state != ProgressState::Replicate && !self.inflights.is_empty() {
+            return Err(format!("appends in flight in state {:?}", self.state));
+        }
+        if (self.state == ProgressState::Snapshot) != self.snapshot.is_some() {
+            return Err(format!(
+                "snapshot {:?} in state {:?}",
+                self.snapshot, self.state
+            ));
         }
         self.inflights.check()
     }
@@ -244,7 +279,7 @@ mod tests {
     fn stale_rejections_are_ignored() {
         let mut p = Progress::new(11, 4);
         p.become_replicate();
-        p.maybe_update(7);
+        p.maybe_update(7, 0);
         assert!(!p.maybe_decrease_to(6, 1), "rejected below match: stale");
         assert!(p.maybe_decrease_to(9, 1));
         assert_eq!(p.state, ProgressState::Probe);
@@ -275,7 +310,7 @@ mod tests {
         p.inflights.add(3);
         assert!(!p.tick_is_stalled(2));
         assert!(p.tick_is_stalled(2));
-        p.maybe_update(3);
+        p.maybe_update(3, 0);
         assert!(!p.tick_is_stalled(2));
     }
 }

@@ -7,11 +7,12 @@
 //! durable; an index commits only when a quorum (both halves when joint) holds it *and* it is
 //! an entry of the current term (Raft figure 8).
 
-use crate::ballot_box::joint_quorum_value;
+use crate::ballot_box::{joint_quorum_value, quorum_value};
 use crate::core::message::AppendEntriesResponse;
 use crate::core::options::bug;
 use crate::core::progress::ProgressState;
 use crate::core::{Action, AppendSend, RaftCore, Role};
+use crate::error::RaftError;
 use crate::types::{LogId, PeerId};
 
 impl RaftCore {
@@ -19,11 +20,14 @@ impl RaftCore {
         if count == 0 {
             return;
         }
-        if self.role != Role::Leader {
-            self.actions.push(Action::RejectProposals {
-                count,
-                leader: self.leader,
-            });
+        if self.role != Role::Leader || self.transfer.is_some() {
+            let error = match self.role {
+                Role::Leader => RaftError::Busy, // leadership is being handed over
+                _ => RaftError::NotLeader {
+                    leader: self.leader,
+                },
+            };
+            self.actions.push(Action::RejectProposals { count, error });
             return;
         }
         let (first_index, last) = self.log.append_local(count, self.term);
@@ -49,6 +53,7 @@ impl RaftCore {
             return false;
         };
         match pr.state {
+            ProgressState::Snapshot => return false,
             ProgressState::Probe if pr.probe_sent => return false,
             ProgressState::Replicate if pr.inflights.is_full() || pr.next_index > last => {
                 return false
@@ -57,7 +62,8 @@ impl RaftCore {
         }
         let prev_index = pr.next_index - 1;
         let Some(prev_term) = self.log.term_at(prev_index) else {
-            // Compacted away: a snapshot is needed (part 2).
+            // Compacted away: only the snapshot can bring this follower up.
+            self.send_snapshot(to);
             return false;
         };
         let last_index = last.min(prev_index + max_entries);
@@ -73,13 +79,14 @@ impl RaftCore {
         pipelined
     }
 
-    fn append_send(&self, prev: LogId, last_index: u64) -> AppendSend {
+    pub(super) fn append_send(&self, prev: LogId, last_index: u64) -> AppendSend {
         AppendSend {
             term: self.term,
             prev,
             last_index,
             commit: self.log.committed(),
             sent_ms: self.now_ms,
+            round: self.read_round,
         }
     }
 
@@ -89,6 +96,10 @@ impl RaftCore {
         let stall_heartbeats = self.opts.stall_heartbeats;
         for i in 0..self.peer_ids.len() {
             let peer = self.peer_ids[i];
+            if self.maybe_resend_snapshot(peer) {
+                self.send_heartbeat(peer); // keeps the lease and check-quorum informed
+                continue;
+            }
             let Some(pr) = self.progress.get_mut(&peer) else {
                 continue;
             };
@@ -101,16 +112,17 @@ impl RaftCore {
                 self.maybe_send_append(peer);
                 continue;
             }
-            let match_index = pr.match_index;
-            if !self.maybe_send_append(peer) {
+            if !self.maybe_send_append(peer) && !self.awaits_snapshot(&peer) {
                 // Nothing new may go: a heartbeat at the known match point.
-                let prev = LogId::new(match_index, self.log.term_at(match_index).unwrap_or(0));
-                self.send_append(peer, self.append_send(prev, match_index));
+                self.send_heartbeat(peer);
             }
         }
     }
 
     pub(super) fn handle_append_response(&mut self, from: PeerId, resp: &AppendEntriesResponse) {
+        if resp.term > self.term && self.protects_leader() {
+            return; // a stale answer to an earlier leadership: it must not end the lease
+        }
         if resp.term > self.term {
             slog::info!(self.logger, "a follower is in a later term: stepping down";
                 "peer" => %from, "term" => resp.term);
@@ -134,23 +146,38 @@ impl RaftCore {
         let Some(pr) = self.progress.get_mut(&from) else {
             return;
         };
-        // A forged future send time must not extend the lease.
+        // A forged future send time or round must not extend the lease or confirm a read.
         let sent_ms = resp.sent_ms.min(now_ms);
         pr.last_ack_sent_ms = Some(pr.last_ack_sent_ms.unwrap_or(0).max(sent_ms));
+        pr.last_ack_round = pr.last_ack_round.max(resp.round.min(self.read_round));
+        self.maybe_release_reads();
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
         if !resp.success {
             if pr.maybe_decrease_to(resp.index, hint_next) {
                 self.maybe_send_append(from);
             }
             return;
         }
-        let advanced = pr.maybe_update(resp.index);
+        let advanced = pr.maybe_update(resp.index, now_ms);
+        if pr
+            .snapshot
+            .is_some_and(|(index, _)| pr.match_index >= index)
+        {
+            pr.become_probe(); // installed: replicate from after it
+        }
         if pr.state == ProgressState::Probe && pr.match_index == resp.index {
             pr.become_replicate();
         }
         if advanced {
             self.maybe_commit();
+            self.maybe_send_timeout_now();
+            self.advance_conf_change();
         }
-        while self.maybe_send_append(from) {}
+        if self.role == Role::Leader {
+            while self.maybe_send_append(from) {}
+        }
     }
 
     /// Commits the highest index a quorum holds durably, if it is of the current term.
@@ -161,14 +188,16 @@ impl RaftCore {
         let me = self.opts.id;
         let durable = self.log.durable();
         let progress = &self.progress;
-        let index = joint_quorum_value(
-            self.membership.effective(),
-            |p| match p {
-                p if *p == me => durable,
-                p => progress.get(p).map_or(0, |pr| pr.match_index),
-            },
-            &mut self.scratch,
-        );
+        let match_of = |p: &PeerId| match p {
+            p if *p == me => durable,
+            p => progress.get(p).map_or(0, |pr| pr.match_index),
+        };
+        let conf = self.membership.effective();
+        let index = if conf.is_joint() && bug!(self, joint_commit_new_majority_only) {
+            quorum_value(conf.voters(), match_of, &mut self.scratch)
+        } else {
+            joint_quorum_value(conf, match_of, &mut self.scratch)
+        };
         if index <= self.log.committed() {
             return;
         }
@@ -178,12 +207,14 @@ impl RaftCore {
         }
         self.log.commit_to(index);
         self.emit_committed();
+        self.start_waiting_reads();
+        self.advance_conf_change();
     }
 
     pub(super) fn handle_unreachable(&mut self, peer: PeerId) {
         if let Some(pr) = self.progress.get_mut(&peer) {
-            if pr.state == ProgressState::Replicate {
-                pr.become_probe();
+            if pr.state != ProgressState::Probe {
+                pr.become_probe(); // a snapshot offer is made again at the next probe
             }
         }
     }
@@ -209,7 +240,7 @@ impl RaftCore {
     /// Leader only: the time (this peer's clock) until which no other leader can exist, from
     /// the quorum's acknowledgements; `None` when not leader or no quorum answered yet.
     pub fn leader_lease_until_ms(&mut self) -> Option<u64> {
-        if self.role != Role::Leader {
+        if self.role != Role::Leader || self.lease_void || self.transfer.is_some() {
             return None;
         }
         let quorum_ack_ms = self.quorum_ack_sent_ms();

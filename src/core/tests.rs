@@ -5,7 +5,11 @@
 
 mod election_tests;
 mod figure8_tests;
+mod membership_tests;
+mod read_tests;
 mod replication_tests;
+mod snapshot_tests;
+mod transfer_tests;
 
 use std::collections::{BTreeSet, VecDeque};
 
@@ -30,6 +34,14 @@ pub(super) struct Node {
     pub applied: Vec<u64>,
     pub timers: [Option<u64>; 4],
     pub up: bool,
+    /// The configurations of the configuration entries in `log`, by index.
+    pub confs: std::collections::BTreeMap<u64, Configuration>,
+    /// The last index of a snapshot installed in this life (entries before it are never
+    /// handed out).
+    pub installed: u64,
+    /// Answers to requests and snapshot decisions, in order (reads, transfers, changes,
+    /// compactions, installs), for the tests to inspect.
+    pub outcomes: Vec<Action>,
 }
 
 impl LogRead for Vec<LogId> {
@@ -72,7 +84,8 @@ pub(super) struct Cluster {
     /// Links that drop everything, (from, to).
     pub cut: BTreeSet<(usize, usize)>,
     pub opts: fn(usize) -> CoreOptions,
-    pub size: usize,
+    /// The first configuration: peers `0..voters`; the others are spares.
+    pub voters: usize,
 }
 
 impl Cluster {
@@ -81,6 +94,12 @@ impl Cluster {
     }
 
     pub fn with_options(n: usize, opts: fn(usize) -> CoreOptions) -> Cluster {
+        Cluster::with_spares(n, 0, opts)
+    }
+
+    /// `voters` peers in the first configuration and `spares` more outside it.
+    pub fn with_spares(voters: usize, spares: usize, opts: fn(usize) -> CoreOptions) -> Cluster {
+        let n = voters + spares;
         let mut c = Cluster {
             nodes: Vec::new(),
             now: 0,
@@ -88,7 +107,7 @@ impl Cluster {
             auto_persist: true,
             cut: BTreeSet::new(),
             opts,
-            size: n,
+            voters,
         };
         for i in 0..n {
             let core = c.make_core(i, &Vec::new(), HardState::default(), 0);
@@ -102,18 +121,36 @@ impl Cluster {
                 applied: Vec::new(),
                 timers: [None; 4],
                 up: true,
+                confs: Default::default(),
+                installed: 0,
+                outcomes: Vec::new(),
             });
             c.start(i);
         }
         c
     }
 
+    /// A core over `log` (durable), restoring the configurations that log holds after the
+    /// first one, as a shell does at init.
     fn make_core(&self, i: usize, log: &Vec<LogId>, hs: HardState, applied: u64) -> RaftCore {
+        let mut configurations = vec![(0, Configuration::new((0..self.voters).map(peer)))];
+        if let Some(node) = self.nodes.get(i) {
+            let held = |k: &u64| {
+                *k <= log.len() as u64 && node.log.get(*k as usize - 1) == log.get(*k as usize - 1)
+            };
+            configurations.extend(
+                node.confs
+                    .iter()
+                    .filter(|(k, _)| held(k))
+                    .map(|(k, c)| (*k, c.clone())),
+            );
+        }
         let init = InitialState {
             hard_state: hs,
-            conf: Configuration::new((0..self.size).map(peer)),
-            conf_index: 0,
+            configurations,
             applied_index: applied,
+            snapshot: LogId::default(),
+            snapshot_conf: Configuration::default(),
         };
         RaftCore::new(
             (self.opts)(i),
@@ -180,9 +217,17 @@ impl Cluster {
                 Action::PersistHardState(hs) => {
                     node.pending.push_back(Event::HardStatePersisted(hs))
                 }
-                Action::TruncateLog { after } => node.log.truncate(after as usize),
+                Action::TruncateLog { after } => {
+                    node.log.truncate(after as usize);
+                    node.confs.retain(|k, _| *k <= after);
+                }
                 Action::AppendReceived { range } => {
                     let metas = metas.expect("AppendReceived without a message");
+                    for m in &metas[range.clone()] {
+                        if let Some(c) = &m.conf {
+                            node.confs.insert(m.id.index, (**c).clone());
+                        }
+                    }
                     node.log.extend(metas[range].iter().map(|m| m.id));
                     node.pending
                         .push_back(Event::LogDurable(*node.log.last().unwrap()));
@@ -199,12 +244,25 @@ impl Cluster {
                     node.pending.push_back(Event::LogDurable(id));
                 }
                 Action::Send { to, msg } => self.send(i, to, msg),
+                Action::AppendConfiguration { id, conf } => {
+                    assert_eq!(id.index, node.log.len() as u64 + 1);
+                    node.log.push(id);
+                    node.confs.insert(id.index, conf);
+                    node.pending.push_back(Event::LogDurable(id));
+                }
                 Action::SendAppend { to, send } => {
                     let entries = (send.prev.index + 1..=send.last_index)
-                        .map(|x| EntryMeta {
-                            id: node.log[x as usize - 1],
-                            kind: EntryType::Data,
-                            conf: None,
+                        .map(|x| {
+                            let conf = node.confs.get(&x).cloned().map(Box::new);
+                            let kind = match conf {
+                                Some(_) => EntryType::Configuration,
+                                None => EntryType::Data,
+                            };
+                            EntryMeta {
+                                id: node.log[x as usize - 1],
+                                kind,
+                                conf,
+                            }
                         })
                         .collect();
                     let req = AppendEntriesRequest {
@@ -212,6 +270,7 @@ impl Cluster {
                         prev: send.prev,
                         commit: send.commit,
                         sent_ms: send.sent_ms,
+                        round: send.round,
                         entries,
                     };
                     self.send(i, to, Message::AppendEntries(req));
@@ -220,12 +279,19 @@ impl Cluster {
                     first_index,
                     last_index,
                 } => {
-                    assert_eq!(node.applied.last().map_or(1, |l| l + 1), first_index);
+                    let next = node.applied.last().map_or(node.installed + 1, |l| l + 1);
+                    assert_eq!(next, first_index);
                     node.applied.extend(first_index..=last_index);
                 }
                 Action::SetTimer { timer, at_ms } => node.timers[timer.index()] = Some(at_ms),
                 Action::StopTimer(timer) => node.timers[timer.index()] = None,
                 Action::RoleChanged { .. } | Action::RejectProposals { .. } => {}
+                Action::ReadReady { .. }
+                | Action::RejectRead { .. }
+                | Action::TransferDone { .. }
+                | Action::ConfChangeDone { .. }
+                | Action::CompactLog { .. }
+                | Action::InstallSnapshot { .. } => node.outcomes.push(a),
             }
         }
     }
@@ -375,8 +441,10 @@ impl Cluster {
         let core = self.make_core(i, &log, hs, 0);
         let node = &mut self.nodes[i];
         node.core = core;
+        node.confs.retain(|k, _| *k <= log.len() as u64);
         node.log = log;
         node.applied.clear();
+        node.installed = 0;
         node.timers = [None; 4];
         node.up = true;
         self.start(i);
@@ -395,6 +463,33 @@ impl Cluster {
     pub fn core(&self, i: usize) -> &RaftCore {
         &self.nodes[i].core
     }
+
+    /// Takes node `i`'s answers and snapshot decisions so far.
+    pub fn outcomes(&mut self, i: usize) -> Vec<Action> {
+        std::mem::take(&mut self.nodes[i].outcomes)
+    }
+
+    /// Elects node `i` and lets its no-op commit everywhere.
+    pub fn elect(&mut self, i: usize) {
+        self.campaign(i);
+        self.advance(3 * self.heartbeat());
+        assert_eq!(self.core(i).role(), Role::Leader);
+        assert!(self.core(i).noop_committed());
+    }
+
+    pub fn heartbeat(&self) -> u64 {
+        (self.opts)(0).heartbeat_interval_ms
+    }
+}
+
+/// A configuration of peers `ids` as voters and `learners` as learners.
+pub(super) fn conf_of(ids: &[usize], learners: &[usize]) -> Configuration {
+    Configuration::from_parts(
+        ids.iter().map(|i| peer(*i)).collect(),
+        learners.iter().map(|i| peer(*i)).collect(),
+        BTreeSet::new(),
+    )
+    .unwrap()
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! Each firing is checked against the core's own deadline, so early, late, duplicated and
 //! stale firings change nothing.
 
+use crate::core::options::bug;
 use crate::core::{Action, RaftCore, Role, TimerKind};
 
 /// Deadlines of the core and what the shell was told to arm.
@@ -97,7 +98,10 @@ impl RaftCore {
             self.arm(TimerKind::Election, due);
             return;
         }
-        if !self.membership.effective().is_voter(&self.opts.id) {
+        let voter = self.can_campaign() || (self.removed && bug!(self, removed_peer_campaigns));
+        if !voter || self.installing.is_some() {
+            // Learners and peers whose removal is committed never campaign; nor does a peer
+            // whose log is being replaced by a snapshot.
             self.reset_election_timer();
             return;
         }
@@ -134,6 +138,8 @@ impl RaftCore {
         if self.role != Role::Leader {
             return;
         }
+        self.check_transfer_deadline();
+        self.check_catch_up_progress();
         self.bcast_heartbeat();
         self.arm(
             TimerKind::Heartbeat,

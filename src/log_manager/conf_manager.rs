@@ -95,6 +95,15 @@ impl ConfigurationManager {
         }
     }
 
+    /// The log's configuration entries after `index`, oldest first.
+    pub fn entries_after(&self, index: u64) -> Vec<ConfigurationEntry> {
+        self.entries
+            .iter()
+            .filter(|e| e.id.index > index)
+            .cloned()
+            .collect()
+    }
+
     /// The newest configuration known (from the log or the snapshot).
     pub fn last_configuration(&self) -> ConfigurationEntry {
         match self.entries.back() {

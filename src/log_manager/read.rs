@@ -150,6 +150,11 @@ impl LogManager {
     pub fn last_configuration(&self) -> ConfigurationEntry {
         self.shared.state.lock().config.last_configuration()
     }
+
+    /// Every configuration entry the log holds after `index`, oldest first.
+    pub fn configurations_after(&self, index: u64) -> Vec<ConfigurationEntry> {
+        self.shared.state.lock().config.entries_after(index)
+    }
 }
 
 impl LogRead for LogManager {

@@ -267,10 +267,9 @@ impl Shell<'_> {
                 let noop = LogEntry::new(id, EntryType::NoOp, Bytes::new());
                 parts.log.append_entries(vec![noop])
             }
-            Action::RejectProposals { leader, .. } => {
+            Action::RejectProposals { error, .. } => {
                 if let Ctx::Proposals(tasks) = ctx {
-                    let e = RaftError::NotLeader { leader };
-                    tasks.drain(..).for_each(|t| t.fail(e.clone()));
+                    tasks.drain(..).for_each(|t| t.fail(error.clone()));
                 }
                 Ok(())
             }
@@ -298,6 +297,18 @@ impl Shell<'_> {
                 parts.timers.stop(timer);
                 Ok(())
             }
+            Action::AppendConfiguration { id, conf } => {
+                let mut data = Vec::new();
+                conf.encode(&mut data);
+                let entry = LogEntry::new(id, EntryType::Configuration, Bytes::from(data));
+                parts.log.append_entries(vec![entry])
+            }
+            Action::ReadReady { .. }
+            | Action::RejectRead { .. }
+            | Action::TransferDone { .. }
+            | Action::ConfChangeDone { .. }
+            | Action::CompactLog { .. }
+            | Action::InstallSnapshot { .. } => Ok(()),
         };
         if let Err(e) = res {
             self.enter_error(parts, e);
@@ -448,5 +459,6 @@ pub(crate) fn method_of(msg: &Message) -> Method {
         Message::VoteRequest(_) | Message::VoteResponse(_) => Method::RequestVote,
         Message::AppendEntries(_) | Message::AppendEntriesResponse(_) => Method::AppendEntries,
         Message::TimeoutNow(_) => Method::TimeoutNow,
+        Message::InstallSnapshot(_) => Method::InstallSnapshot,
     }
 }

@@ -19,8 +19,9 @@ use crate::snapshot::SnapshotMeta;
 use crate::state_machine::LeaderChangeContext;
 use crate::types::{Configuration, LogEntry, LogId};
 
-/// The log manager as the FSMCaller reads it.
-pub(crate) struct LogSource(pub Arc<LogManager>);
+/// The log manager as the FSMCaller reads it, and the initial configuration: a log without
+/// configuration entries (and without a snapshot recording one) was written under it.
+pub(crate) struct LogSource(pub Arc<LogManager>, pub Configuration);
 
 impl CommittedLog for LogSource {
     fn committed_entries(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<LogEntry>> {
@@ -35,7 +36,12 @@ impl CommittedLog for LogSource {
     }
 
     fn configuration_at(&self, index: u64) -> Result<Configuration> {
-        Ok(self.0.configuration_at(index).conf)
+        let known = self.0.configuration_at(index).conf;
+        Ok(if known.is_empty() {
+            self.1.clone()
+        } else {
+            known
+        })
     }
 }
 

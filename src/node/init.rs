@@ -177,15 +177,21 @@ fn init_steps(shared: &Arc<NodeShared>, mut opts: NodeOptions, undo: &mut Undo) 
     let snapshots = step8_snapshot(&cx, &opts, &fsm, &log)?;
     log.check_consistency()?;
     trace(shared, 9, "log and snapshot consistent");
-    let (conf, conf_index) = step10_configuration(&cx, &opts, &log);
+    let configurations = step10_configuration(&cx, &opts, &log);
+    let conf = configurations
+        .last()
+        .map(|(_, c)| c.clone())
+        .unwrap_or_default();
+    let snapshot_conf = configurations[0].1.clone();
     let (hard_state, meta) = step11_meta(&mut cx, &opts)?;
     let (caller, caller_queue) = Caller::start(&cx.runtime.raft_pool(), "node-rpc");
     let replicators = step12_replicators(&cx, &opts, &core_opts, &log, &server, &caller);
     let init = InitialState {
         hard_state,
-        conf: conf.clone(),
-        conf_index,
+        configurations,
         applied_index: fsm.last_applied().index,
+        snapshot: log.last_snapshot_id(),
+        snapshot_conf,
     };
     let parts = Parts {
         log,
@@ -354,7 +360,7 @@ fn step6_fsm_caller(
         std::mem::replace(&mut opts.fsm, Box::new(Unset)),
         FsmCallerOptions {
             pool: cx.runtime.fsm_pool(),
-            log: Arc::new(LogSource(log.clone())),
+            log: Arc::new(LogSource(log.clone(), opts.initial_conf.clone())),
             closures: closures.clone(),
             listener: Arc::new(FsmToNode(cx.weak.clone())),
             bootstrap_applied: bootstrap,
@@ -399,23 +405,34 @@ fn step8_snapshot(
 /// 10. The configuration: the newest in the log or snapshot, else the initial one. A log
 ///     that holds entries but no configuration entry was written under the initial
 ///     configuration (leaders open their terms with a no-op, not a configuration entry).
+///     Returns every configuration known, oldest first (the core keeps the older ones, since
+///     an uncommitted configuration entry may yet be truncated), the newest in force.
 fn step10_configuration(
     cx: &Ctx<'_>,
     opts: &NodeOptions,
     log: &LogManager,
-) -> (Configuration, u64) {
-    let newest = log.last_configuration();
-    let (conf, index) = if log.last_log_index() > 0 && !newest.conf.is_empty() {
-        (newest.conf, newest.id.index)
-    } else {
-        (opts.initial_conf.clone(), 0)
+) -> Vec<(u64, Configuration)> {
+    let snapshot = log.last_snapshot_id();
+    let recorded = log.configuration_at(snapshot.index).conf;
+    let base = match snapshot.index {
+        // A snapshot of a log without configuration entries (made by an older version)
+        // records none: that log was written under the initial configuration.
+        index if index > 0 && !recorded.is_empty() => (index, recorded),
+        index => (index, opts.initial_conf.clone()),
     };
+    let mut list = vec![base];
+    list.extend(
+        log.configurations_after(snapshot.index)
+            .into_iter()
+            .map(|e| (e.id.index, e.conf)),
+    );
+    let (index, conf) = list.last().cloned().unwrap_or_default();
     trace(
         cx.shared,
         10,
         format!("configuration {conf} (from index {index})"),
     );
-    (conf, index)
+    list
 }
 
 /// 11. Term and vote, and the queue that persists them.

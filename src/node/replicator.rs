@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use super::event::{NodeEvent, SEND_TIMEOUT};
 use super::wire::{self, Envelope};
 use super::NodeShared;
+use crate::core::message::AppendHeader;
 use crate::core::AppendSend;
 use crate::exec_queue::{Batch, ExecQueue, ExecQueueOptions};
 use crate::log_manager::LogManager;
@@ -182,14 +183,14 @@ fn replicate(env: &ReplicatorEnv, stats: &ReplicatorStats, to: PeerId, send: App
             return;
         }
         let next_prev = entries.last().map_or(prev, |e| e.id);
-        let body = wire::encode_append(
-            &envelope,
-            send.term,
+        let header = AppendHeader {
+            term: send.term,
             prev,
-            send.commit,
-            send.sent_ms,
-            &entries,
-        );
+            commit: send.commit,
+            sent_ms: send.sent_ms,
+            round: send.round,
+        };
+        let body = wire::encode_append(&envelope, &header, &entries);
         stats.frames.fetch_add(1, Ordering::Relaxed);
         stats
             .entries

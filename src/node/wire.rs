@@ -10,10 +10,10 @@
 
 use bytes::Bytes;
 
-use crate::core::message::{AppendEntriesRequest, EntryMeta, Message};
+use crate::core::message::{AppendEntriesRequest, AppendHeader, EntryMeta, Message};
 use crate::error::{RaftError, Result};
 use crate::types::codec::{put_u32, Reader};
-use crate::types::{Configuration, EntryType, GroupId, LogEntry, LogId, PeerId};
+use crate::types::{Configuration, EntryType, GroupId, LogEntry, PeerId};
 
 /// Who a RaftService message is from and for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,19 +58,12 @@ pub fn encode_message(env: &Envelope, msg: &Message) -> Vec<Bytes> {
 /// # Panics
 /// If more than `u32::MAX` entries or a payload over 4 GiB are passed; the replicator bounds
 /// both far below.
-pub fn encode_append(
-    env: &Envelope,
-    term: u64,
-    prev: LogId,
-    commit: u64,
-    sent_ms: u64,
-    entries: &[LogEntry],
-) -> Vec<Bytes> {
+pub fn encode_append(env: &Envelope, header: &AppendHeader, entries: &[LogEntry]) -> Vec<Bytes> {
     let count = u32::try_from(entries.len()).expect("invariant: replicator bounds entry count");
     let mut buf = Vec::with_capacity(96 + entries.len() * 17);
     encode_envelope(env, &mut buf);
     buf.push(3); // Message tag of AppendEntries
-    AppendEntriesRequest::encode_header(term, prev, commit, sent_ms, count, &mut buf);
+    AppendEntriesRequest::encode_header(header, count, &mut buf);
     for e in entries {
         // A configuration entry's payload is its encoded configuration; the metadata carries
         // it too so that the follower's core sees it without parsing payloads.

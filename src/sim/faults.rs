@@ -8,6 +8,9 @@
 //! (GC, swapping, a stopped VM) and wake up with stale beliefs and late timers.
 
 use crate::core::Role;
+
+/// After the heal, the members must converge within this much simulated time.
+const CONVERGE_MAX_US: u64 = 120_000_000;
 use crate::sim::network::LinkFaults;
 use crate::sim::world::{Ev, World};
 
@@ -73,17 +76,28 @@ impl World {
         (a, b)
     }
 
-    fn leader_index(&self) -> Option<usize> {
-        self.nodes
-            .iter()
-            .position(|n| n.core.as_ref().is_some_and(|c| c.role() == Role::Leader))
+    /// True if crashing peer `i` leaves a majority of every voter set of the configuration
+    /// in force (the leader's, else the first one) running.
+    fn majority_survives(&self, i: usize) -> bool {
+        let conf = match self.leader_index() {
+            Some(l) => self.nodes[l].core().configuration().clone(),
+            None => self.conf.clone(),
+        };
+        [conf.voters(), conf.old_voters()].iter().all(|half| {
+            let up = half
+                .iter()
+                .filter(|p| {
+                    let k = self.ids.iter().position(|x| x == *p);
+                    k.is_some_and(|k| k != i && self.nodes[k].is_up())
+                })
+                .count();
+            half.is_empty() || up > half.len() / 2
+        })
     }
 
     /// Crashes peer `i` (keeping a majority running), to restart it later.
     pub(crate) fn crash(&mut self, i: usize) -> Result<(), String> {
-        let n = self.nodes.len();
-        let down = self.nodes.iter().filter(|n| !n.is_up()).count();
-        if !self.nodes[i].is_up() || n - down - 1 < n / 2 + 1 {
+        if !self.nodes[i].is_up() || !self.majority_survives(i) {
             return Ok(()); // keep a majority running
         }
         self.note(|| format!("nemesis: crash {i}"));
@@ -100,7 +114,10 @@ impl World {
         let t_us = self.params.election_timeout_ms * 1000;
         let pause = self.rng.range(t_us / 2, 3 * t_us);
         self.note(|| format!("nemesis: pause {i} for {} ms", pause / 1000));
-        self.nodes[i].paused_until_us = self.now_us + pause;
+        // A pause only extends: events it defers keep their order (a paused process still
+        // has its disk writes complete in order).
+        let until = &mut self.nodes[i].paused_until_us;
+        *until = (*until).max(self.now_us + pause);
         self.stats.faults.pauses += 1;
     }
 
@@ -131,6 +148,7 @@ impl World {
         }
         self.note(|| "heal: all links, all peers".into());
         self.healed_at_us = Some(self.now_us);
+        self.catch_up_mark = (u64::MAX, self.now_us + self.params.liveness_bound_us());
         self.net.heal();
         self.net.faults = LinkFaults::clean();
         for i in 0..self.nodes.len() {
@@ -156,11 +174,21 @@ impl World {
         }
         if let Some(l) = leader {
             self.converged = self.all_caught_up(l);
+            // Catching up is bounded by the replication settings (one entry per round trip
+            // in some seeds), so what must not stop is progress: the members' applied
+            // indexes must keep rising until they converge.
+            let applied: u64 = self.members(l).iter().map(|k| self.nodes[*k].applied).sum();
+            if applied != self.catch_up_mark.0 {
+                self.catch_up_mark = (applied, self.now_us);
+            }
         }
-        let converge_by =
-            healed + self.params.liveness_bound_us() + self.params.converge_bound_us();
-        if !self.converged && self.now_us > converge_by {
-            return Err("peers did not converge after the heal".into());
+        let stalled = self.now_us > self.catch_up_mark.1 + self.params.converge_bound_us();
+        let late = self.now_us > healed + self.params.liveness_bound_us() + CONVERGE_MAX_US;
+        if !self.converged && (stalled || late) {
+            return Err(format!(
+                "peers did not converge after the heal ({})",
+                if stalled { "no progress" } else { "too slow" }
+            ));
         }
         Ok(())
     }
@@ -174,12 +202,24 @@ impl World {
         })
     }
 
-    /// Every peer holds the leader's log and has applied all of it.
+    /// The peers of the leader's configuration (voters and learners), by index.
+    pub(crate) fn members(&self, leader: usize) -> Vec<usize> {
+        let conf = self.nodes[leader].core().configuration();
+        (0..self.nodes.len())
+            .filter(|k| conf.contains(&self.ids[*k]))
+            .collect()
+    }
+
+    /// The configuration change (if any) is finished, and every member holds the leader's
+    /// log and has applied all of it.
     fn all_caught_up(&self, leader: usize) -> bool {
         let lc = self.nodes[leader].core();
         let last = lc.last_log_id();
-        lc.commit_index() == last.index
-            && self.nodes.iter().all(|n| {
+        let settled = lc.configuration().is_stable() && lc.configuration_index() <= last.index;
+        settled
+            && lc.commit_index() == last.index
+            && self.members(leader).into_iter().all(|k| {
+                let n = &self.nodes[k];
                 n.core.as_ref().is_some_and(|c| {
                     c.last_log_id() == last
                         && c.commit_index() == last.index

@@ -1,5 +1,6 @@
-//! The simulated service: a key-value store with put, get and compare-and-swap, whose commands
-//! travel through the Raft log (reads too, in part 1), and the state machine that applies them.
+//! The simulated service: a key-value store with put, get and compare-and-swap, and the state
+//! machine that applies them. Writes travel through the Raft log; a read goes through the log
+//! too, or is served by the leader after a ReadIndex (a quorum round or the lease).
 
 /// What a client asks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -28,6 +29,8 @@ pub struct Cmd {
     pub key: u32,
     /// The operation.
     pub op: Op,
+    /// A read served through ReadIndex (or the lease) instead of the log.
+    pub via_read_index: bool,
 }
 
 /// The result of applying a command.

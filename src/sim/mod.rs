@@ -18,11 +18,13 @@ pub mod client;
 mod faults;
 pub mod kv;
 pub mod linearizability;
+mod membership;
 pub mod network;
 pub mod node;
 mod params;
 pub mod scenario;
 mod shell;
+mod snapshots;
 pub mod world;
 
 use std::collections::HashSet;
@@ -117,6 +119,22 @@ pub struct Stats {
     pub max_term: u64,
     /// Proposal batches.
     pub proposal_batches: u64,
+    /// Read batches handed to a core (ReadIndex or lease).
+    pub read_batches: u64,
+    /// Leader transfers asked, and those that moved leadership.
+    pub transfers_asked: u64,
+    /// Leader transfers that moved leadership.
+    pub transfers_done: u64,
+    /// Configuration changes asked of a leader.
+    pub conf_changes_asked: u64,
+    /// Configuration changes committed.
+    pub conf_changes_done: u64,
+    /// Configuration changes refused or failed (busy, lost leadership, catch-up timeout).
+    pub conf_changes_failed: u64,
+    /// Snapshots saved.
+    pub snapshots_saved: u64,
+    /// Snapshots installed on a follower.
+    pub snapshots_installed: u64,
 }
 
 /// The figures of a successful run.
@@ -204,10 +222,22 @@ pub fn run(opts: &SimOptions) -> Result<SimReport, SimFailure> {
 fn run_world(opts: &SimOptions) -> Result<SimReport, (String, Box<World>)> {
     let params = Params::from_seed(opts);
     let mut world = Box::new(World::new(opts.clone(), params));
-    let result = world
-        .start()
-        .and_then(|_| drive(&mut world))
-        .and_then(|_| finish(&world));
+    // A panic (a broken assertion in the core) is a violation like any other: report it
+    // with the seed and the trace.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        world
+            .start()
+            .and_then(|_| drive(&mut world))
+            .and_then(|_| finish(&world))
+    }))
+    .unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("a panic");
+        Err(format!("panicked: {what}"))
+    });
     result.map_err(|e| (e, world))
 }
 
@@ -226,21 +256,17 @@ fn drive(world: &mut World) -> Result<(), String> {
 
 /// The end-of-run checks.
 fn finish(world: &World) -> Result<SimReport, String> {
-    world.checker.full(&world.nodes)?;
     let leader = world.working_leader().ok_or("no leader at the end")?;
+    world.checker.full(&world.nodes, Some(leader))?;
     let lnode = &world.nodes[leader];
-    for (i, n) in world.nodes.iter().enumerate() {
-        if n.fsm != lnode.fsm {
+    for i in world.members(leader) {
+        if world.nodes[i].fsm != lnode.fsm {
             return Err(format!(
                 "peer {i}'s state machine differs from the leader's"
             ));
         }
     }
-    let in_log: HashSet<u64> = lnode
-        .log
-        .iter()
-        .filter_map(|e| e.cmd.map(|c| c.op_id))
-        .collect();
+    let in_log: &HashSet<u64> = &world.checker.committed_ops;
     for (key, op) in world.history.acknowledged_writes() {
         let op_id = match op.op {
             Op::Put(v) | Op::Cas { new: v, .. } => v,

@@ -9,8 +9,10 @@ use crate::types::Rng;
 /// The timings and rates of one run.
 #[derive(Clone, Debug)]
 pub struct Params {
-    /// Peers.
+    /// Peers, voters of the first configuration and spares that changes may add.
     pub nodes: usize,
+    /// Voters of the first configuration (the first `voters` peers).
+    pub voters: usize,
     /// `T`.
     pub election_timeout_ms: u64,
     /// The drift bound.
@@ -37,6 +39,23 @@ pub struct Params {
     pub drift_ppm: u64,
     /// Probability that the nemesis strikes a newly elected leader within 2 ms.
     pub strike_new_leader: f64,
+    /// Time between configuration changes asked of the leader; `None`: the configuration
+    /// never changes.
+    pub membership_gap_us: Option<(u64, u64)>,
+    /// Time between leader transfers asked of the leader; `None`: none.
+    pub transfer_gap_us: Option<(u64, u64)>,
+    /// A peer snapshots once it applied this many entries since its last snapshot (0: never).
+    pub snapshot_every: u64,
+    /// How often each peer considers a snapshot.
+    pub snapshot_tick_us: u64,
+    /// Entries kept before a snapshot.
+    pub snapshot_margin: u64,
+    /// The catch-up margin of new voters.
+    pub catchup_margin: u64,
+    /// Leaders serve reads from their lease while it is valid.
+    pub lease_reads: bool,
+    /// The share of reads served by ReadIndex (the rest go through the log).
+    pub read_index_share: f64,
 }
 
 impl Params {
@@ -45,9 +64,17 @@ impl Params {
         let mut rng = Rng::new(opts.seed ^ 0x5eed_5eed_5eed_5eed);
         let t = 100;
         let drift = 10;
-        let nodes = opts.nodes.unwrap_or(if rng.chance(0.6) { 3 } else { 5 });
+        let voters = opts.nodes.unwrap_or(if rng.chance(0.6) { 3 } else { 5 });
+        let changes = opts.nodes.is_none() && rng.chance(0.5);
+        let spares = if changes {
+            rng.range(1, 8 - voters as u64) as usize
+        } else {
+            0
+        };
+        let snapshots = rng.chance(0.7);
         let mut p = Params {
-            nodes,
+            nodes: voters + spares,
+            voters,
             election_timeout_ms: t,
             max_clock_drift_ms: drift,
             heartbeat_ms: CoreOptions::default_heartbeat_ms(t),
@@ -59,10 +86,21 @@ impl Params {
             client_delay_us: (100, 1_000),
             op_timeout_us: 10 * t * 1000,
             fault_gap_us: (20_000, rng.range(100_000, 800_000)),
-            // Rates within +-drift/(2T): two clocks diverge by at most the drift bound over one
-            // election timeout (the lease's assumption).
-            drift_ppm: 1_000_000 * drift / (2 * t),
+            // Rates within +-drift/(4T): two clocks diverge by at most half the drift bound over
+            // one election timeout, within the lease's assumption, leaving the lease check
+            // (sim::world) a margin for millisecond rounding.
+            drift_ppm: 1_000_000 * drift / (4 * t),
             strike_new_leader: 0.0,
+            membership_gap_us: changes.then(|| (50_000, rng.range(100_000, 600_000))),
+            transfer_gap_us: rng
+                .chance(0.3)
+                .then(|| (100_000, rng.range(200_000, 1_000_000))),
+            snapshot_every: if snapshots { rng.range(5, 200) } else { 0 },
+            snapshot_tick_us: rng.range(10_000, 100_000),
+            snapshot_margin: [0, 2, 10, 50][rng.range(0, 4) as usize],
+            catchup_margin: [0, 5, 50][rng.range(0, 3) as usize],
+            lease_reads: rng.chance(0.5),
+            read_index_share: [0.0, 0.5, 0.9][rng.range(0, 3) as usize],
         };
         if opts.faults {
             p.link_faults = p.random_link_faults(&mut rng);
@@ -85,6 +123,19 @@ impl Params {
         o.pre_vote = self.pre_vote;
         o.max_inflight_appends = self.max_inflight;
         o.max_entries_per_append = self.max_entries;
+        o.snapshot_log_margin = self.snapshot_margin;
+        o.catchup_margin = self.catchup_margin;
+        o.lease_reads = self.lease_reads;
+    }
+
+    /// The time to the next configuration change.
+    pub fn membership_gap_us(&self, rng: &mut Rng) -> Option<u64> {
+        self.membership_gap_us.map(|(a, b)| rng.range(a, b + 1))
+    }
+
+    /// The time to the next leader transfer.
+    pub fn transfer_gap_us(&self, rng: &mut Rng) -> Option<u64> {
+        self.transfer_gap_us.map(|(a, b)| rng.range(a, b + 1))
     }
 
     /// A random clock within the drift bound.
@@ -130,7 +181,8 @@ impl Params {
         3 * round_ms * 1000
     }
 
-    /// The bound, after the leader appeared, for every peer to catch up.
+    /// After the heal, the longest the members' applied indexes may stand still before they
+    /// converged.
     pub fn converge_bound_us(&self) -> u64 {
         20 * self.election_timeout_ms * 1000
     }

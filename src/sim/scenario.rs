@@ -42,7 +42,8 @@ impl Scenario {
     pub fn run_for(&mut self, ms: u64) -> Result<(), String> {
         let until = self.world.now_us + ms * 1000;
         self.world.run_until(until)?;
-        self.world.checker.full(&self.world.nodes)
+        let leader = self.world.working_leader();
+        self.world.checker.full(&self.world.nodes, leader)
     }
 
     /// Runs until a working leader exists (one that committed an entry of its term), for at

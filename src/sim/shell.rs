@@ -2,23 +2,29 @@
 //! simulated disk, messages on the simulated network, committed entries into the state
 //! machine, timers on the peer's own clock), and runs the clients.
 
+use std::sync::Arc;
+
 use crate::core::message::{AppendEntriesRequest, EntryMeta, Message, VoteResponse};
 use crate::core::{Action, AppendSend, Event, Role};
+use crate::error::RaftError;
 use crate::sim::client::{Reply, Running};
 use crate::sim::kv::{Cmd, Op, OpResult};
 use crate::sim::network::Fate;
-use crate::sim::node::{DiskOp, Proposal, SimEntry};
-use crate::sim::world::{Ev, World};
-use crate::types::{EntryType, LogId};
+use crate::sim::node::{DiskOp, Proposal, ReadBatch, SimEntry};
+use crate::sim::world::{Ev, Payload, StepCtx, World};
+use crate::types::{EntryType, LogId, PeerId};
 
 impl World {
-    /// Carries out one action of peer `n`. `req` is the AppendEntries just stepped, if any.
+    /// Carries out one action of peer `n`. `ctx` is what the stepped event carried.
     pub(crate) fn carry_out(
         &mut self,
         n: usize,
         action: Action,
-        req: Option<(&AppendEntriesRequest, &[Option<Cmd>])>,
+        ctx: StepCtx<'_>,
     ) -> Result<(), String> {
+        if !self.nodes[n].is_up() {
+            return Ok(()); // an earlier action of the step crashed it
+        }
         match action {
             Action::PersistHardState(hs) => {
                 let life = self.nodes[n].life;
@@ -28,39 +34,28 @@ impl World {
                 node.meta_free_us = done;
                 self.schedule(done - self.now_us, Ev::MetaDone { node: n, life, hs });
             }
-            Action::TruncateLog { after } => {
-                self.nodes[n].log.truncate(after as usize);
-                self.write(n, DiskOp::Truncate(after));
-            }
-            Action::AppendReceived { range } => {
-                let (req, cmds) = req.ok_or("AppendReceived without an AppendEntries")?;
-                let entries: Vec<SimEntry> = range
-                    .map(|k| SimEntry {
-                        id: req.entries[k].id,
-                        kind: req.entries[k].kind,
-                        cmd: cmds[k],
-                    })
-                    .collect();
-                self.append(n, entries)?;
-            }
-            Action::AppendProposals { first_index, last } => {
-                self.append_proposals(n, first_index, last)?
-            }
-            Action::AppendNoOp(id) => {
-                let noop = SimEntry {
-                    id,
-                    kind: EntryType::NoOp,
-                    cmd: None,
-                };
-                self.append(n, vec![noop])?
-            }
-            Action::RejectProposals { leader, .. } => {
-                let hint = leader.and_then(|l| self.ids.iter().position(|p| *p == l));
+            Action::RejectProposals { error, .. } => {
+                let reply = self.refusal(n, &error);
                 for cmd in std::mem::take(&mut self.nodes[n].batch) {
-                    self.reply(cmd.client, cmd.op_id, Reply::NotLeader(hint));
+                    self.reply(cmd.client, cmd.op_id, reply);
                 }
             }
-            Action::Send { to, msg } => self.send(n, to, msg, Vec::new())?,
+            Action::ReadReady { ctx, index } => self.read_ready(n, ctx, index)?,
+            Action::RejectRead { ctx, error } => {
+                let reply = self.refusal(n, &error);
+                let batch = self.nodes[n].reads_asked.remove(&ctx);
+                for cmd in batch.map(|b| b.cmds).unwrap_or_default() {
+                    self.reply(cmd.client, cmd.op_id, reply);
+                }
+            }
+            Action::TransferDone { result, .. } => {
+                self.stats.transfers_done += u64::from(result.is_ok());
+            }
+            Action::ConfChangeDone { result, .. } => match result {
+                Ok(()) => self.stats.conf_changes_done += 1,
+                Err(_) => self.stats.conf_changes_failed += 1,
+            },
+            Action::Send { to, msg } => self.send_message(n, to, msg)?,
             Action::SendAppend { to, send } => self.send_append(n, to, send)?,
             Action::Committed {
                 first_index,
@@ -81,6 +76,75 @@ impl World {
                 self.schedule(at_us - self.now_us, ev);
             }
             Action::StopTimer(timer) => self.nodes[n].timer_tokens[timer.index()] += 1,
+            log_action => self.carry_out_log(n, log_action, ctx)?,
+        }
+        Ok(())
+    }
+
+    /// Carries out an action on peer `n`'s log: truncations, appends, compaction, installs.
+    fn carry_out_log(&mut self, n: usize, action: Action, ctx: StepCtx<'_>) -> Result<(), String> {
+        let entry = |id, kind, conf| SimEntry {
+            id,
+            kind,
+            cmd: None,
+            conf,
+        };
+        match action {
+            Action::TruncateLog { after } => {
+                self.nodes[n].log.truncate_after(after);
+                self.write(n, DiskOp::Truncate(after));
+            }
+            Action::AppendReceived { range } => {
+                let StepCtx::Append(req, cmds) = ctx else {
+                    return Err("AppendReceived without an AppendEntries".into());
+                };
+                let entries: Vec<SimEntry> = range
+                    .map(|k| SimEntry {
+                        cmd: cmds[k],
+                        ..entry(
+                            req.entries[k].id,
+                            req.entries[k].kind,
+                            req.entries[k]
+                                .conf
+                                .as_ref()
+                                .map(|c| Arc::new((**c).clone())),
+                        )
+                    })
+                    .collect();
+                self.append(n, entries)?;
+            }
+            Action::AppendProposals { first_index, last } => {
+                self.append_proposals(n, first_index, last)?
+            }
+            Action::AppendNoOp(id) => self.append(n, vec![entry(id, EntryType::NoOp, None)])?,
+            Action::AppendConfiguration { id, conf } => {
+                let conf = Some(Arc::new(conf));
+                self.append(n, vec![entry(id, EntryType::Configuration, conf)])?
+            }
+            Action::CompactLog { upto } => {
+                let node = &mut self.nodes[n];
+                let snap = node.snapshot_id();
+                if upto > snap.index {
+                    return Err(format!(
+                        "peer {n}: compaction to {upto} beyond snapshot {snap}"
+                    ));
+                }
+                node.log.compact_to(upto, snap);
+                node.durable_log.compact_to(upto, snap);
+            }
+            Action::InstallSnapshot { last, .. } => {
+                let StepCtx::Snapshot(snap) = ctx else {
+                    return Err("InstallSnapshot without a snapshot".into());
+                };
+                if snap.last != last {
+                    return Err(format!(
+                        "peer {n}: told to install {last}, got {}",
+                        snap.last
+                    ));
+                }
+                self.write(n, DiskOp::Install(Box::new(snap.clone())));
+            }
+            other => return Err(format!("peer {n}: unexpected action {other:?}")),
         }
         Ok(())
     }
@@ -101,6 +165,7 @@ impl World {
                 id,
                 kind: EntryType::Data,
                 cmd: Some(cmd),
+                conf: None,
             });
             let p = Proposal {
                 id,
@@ -110,6 +175,61 @@ impl World {
             self.nodes[n].pending.insert(id.index, p);
         }
         self.append(n, entries)
+    }
+
+    /// How a refusal reaches a client: redirected to the leader named, or back to this peer
+    /// later when it is busy (a leader transfer).
+    fn refusal(&self, n: usize, error: &RaftError) -> Reply {
+        match error {
+            RaftError::NotLeader { leader } => {
+                Reply::NotLeader(leader.and_then(|l| self.ids.iter().position(|p| *p == l)))
+            }
+            _ => Reply::NotLeader(Some(n)),
+        }
+    }
+
+    /// A read batch is confirmed at `index`: it must see every commit made before it
+    /// arrived; it is served once the state machine reaches `index`.
+    fn read_ready(&mut self, n: usize, ctx: u64, index: u64) -> Result<(), String> {
+        let Some(batch) = self.nodes[n].reads_asked.remove(&ctx) else {
+            return Err(format!("peer {n}: ReadReady for an unknown batch {ctx}"));
+        };
+        if index < batch.committed_at_arrival {
+            return Err(format!(
+                "peer {n}: a read released at index {index}, but {} was committed before it \
+                 arrived (a stale read)",
+                batch.committed_at_arrival
+            ));
+        }
+        self.nodes[n].reads_ready.push((index, batch.cmds));
+        self.serve_reads(n);
+        Ok(())
+    }
+
+    /// Answers the confirmed reads whose index the state machine has reached.
+    pub(crate) fn serve_reads(&mut self, n: usize) {
+        let applied = self.nodes[n].applied;
+        let ready = std::mem::take(&mut self.nodes[n].reads_ready);
+        let (serve, wait): (Vec<_>, Vec<_>) = ready.into_iter().partition(|(i, _)| *i <= applied);
+        self.nodes[n].reads_ready = wait;
+        for (_, cmds) in serve {
+            for cmd in cmds {
+                let value = self.nodes[n].fsm.get(cmd.key);
+                self.reply(cmd.client, cmd.op_id, Reply::Done(OpResult::Value(value)));
+            }
+        }
+    }
+
+    /// Sends a message; an InstallSnapshot carries the snapshot it names.
+    fn send_message(&mut self, n: usize, to: PeerId, msg: Message) -> Result<(), String> {
+        let payload = match &msg {
+            Message::InstallSnapshot(req) => match &self.nodes[n].snapshot {
+                Some(s) if s.last == req.last => Payload::Snapshot(Box::new(s.clone())),
+                _ => return Err(format!("peer {n} offers snapshot {} it lacks", req.last)),
+            },
+            _ => Payload::None,
+        };
+        self.send(n, to, msg, payload)
     }
 
     /// Sometimes crashes a peer right after it granted a vote (RELIABILITY.md trap 2: the
@@ -137,14 +257,14 @@ impl World {
 
     fn append(&mut self, n: usize, entries: Vec<SimEntry>) -> Result<(), String> {
         let node = &mut self.nodes[n];
-        if entries[0].id.index != node.log.len() as u64 + 1 {
+        if entries[0].id.index != node.log.last_index() + 1 {
             return Err(format!(
-                "peer {n}: append at {} to a log of {}",
+                "peer {n}: append at {} to a log ending at {}",
                 entries[0].id,
-                node.log.len()
+                node.log.last_id()
             ));
         }
-        node.log.extend_from_slice(&entries);
+        node.log.append(&entries)?;
         self.write(n, DiskOp::Append(entries));
         Ok(())
     }
@@ -160,13 +280,7 @@ impl World {
         self.schedule(done - self.now_us, Ev::DiskDone { node: n, life });
     }
 
-    fn send(
-        &mut self,
-        n: usize,
-        to: crate::types::PeerId,
-        msg: Message,
-        cmds: Vec<Option<Cmd>>,
-    ) -> Result<(), String> {
+    fn send(&mut self, n: usize, to: PeerId, msg: Message, payload: Payload) -> Result<(), String> {
         if self.opts.promise_checks {
             self.checker.on_send(n, to, &msg, &self.nodes[n])?;
         }
@@ -193,7 +307,7 @@ impl World {
                         to,
                         life,
                         msg: msg.clone(),
-                        cmds: cmds.clone(),
+                        payload: payload.clone(),
                     };
                     self.schedule(d, copy);
                 }
@@ -204,7 +318,7 @@ impl World {
                         to,
                         life,
                         msg,
-                        cmds,
+                        payload,
                     },
                 );
             }
@@ -212,42 +326,45 @@ impl World {
         Ok(())
     }
 
-    fn send_append(
-        &mut self,
-        n: usize,
-        to: crate::types::PeerId,
-        send: AppendSend,
-    ) -> Result<(), String> {
+    fn send_append(&mut self, n: usize, to: PeerId, send: AppendSend) -> Result<(), String> {
         let log = &self.nodes[n].log;
-        let (from, to_idx) = (send.prev.index as usize, send.last_index as usize);
-        if to_idx > log.len()
-            || log
-                .get(from.wrapping_sub(1))
-                .map_or(from != 0, |e| e.id != send.prev)
-        {
+        let heartbeat = send.last_index == send.prev.index;
+        // A heartbeat's prev may lie before the log (a follower behind the compaction point,
+        // or one whose match is not known): it carries a term the follower will not match.
+        let prev_ok = heartbeat || log.id_at(send.prev.index) == Some(send.prev);
+        if send.last_index > log.last_index() || !prev_ok {
             return Err(format!(
-                "peer {n}: SendAppend {send:?} does not match its log of {}",
-                log.len()
+                "peer {n}: SendAppend {send:?} does not match its log {}..={}",
+                log.base,
+                log.last_id()
             ));
         }
-        let slice = &log[from..to_idx];
-        let entries = slice
+        let entries: Vec<&SimEntry> = (send.prev.index + 1..=send.last_index)
+            .filter_map(|i| log.get(i))
+            .collect();
+        if entries.len() as u64 != send.last_index - send.prev.index {
+            return Err(format!(
+                "peer {n}: SendAppend {send:?} reaches compacted entries"
+            ));
+        }
+        let metas = entries
             .iter()
             .map(|e| EntryMeta {
                 id: e.id,
                 kind: e.kind,
-                conf: None,
+                conf: e.conf.as_ref().map(|c| Box::new((**c).clone())),
             })
             .collect();
-        let cmds = slice.iter().map(|e| e.cmd).collect();
+        let cmds = entries.iter().map(|e| e.cmd).collect();
         let req = AppendEntriesRequest {
             term: send.term,
             prev: send.prev,
             commit: send.commit,
             sent_ms: send.sent_ms,
-            entries,
+            round: send.round,
+            entries: metas,
         };
-        self.send(n, to, Message::AppendEntries(req), cmds)
+        self.send(n, to, Message::AppendEntries(req), Payload::Cmds(cmds))
     }
 
     /// Applies entries `first..=last` to peer `n`'s state machine and answers its clients.
@@ -259,7 +376,9 @@ impl World {
             ));
         }
         for index in first..=last {
-            let entry = self.nodes[n].log[index as usize - 1];
+            let Some(entry) = self.nodes[n].log.get(index).cloned() else {
+                return Err(format!("peer {n}: committed {index} is not in its log"));
+            };
             // Entries committed by this very step are recorded by the checker after it.
             let known = self.checker.committed.get(index as usize - 1);
             if known.is_some_and(|c| *c != entry.id) {
@@ -279,6 +398,7 @@ impl World {
             };
             self.reply(p.client, p.op_id, reply);
         }
+        self.serve_reads(n);
         Ok(())
     }
 
@@ -309,7 +429,11 @@ impl World {
         }
         let life = node.life;
         let node = &mut self.nodes[n];
-        node.batch.push(cmd);
+        if cmd.via_read_index {
+            node.read_batch.push(cmd);
+        } else {
+            node.batch.push(cmd);
+        }
         if !node.flush_scheduled {
             node.flush_scheduled = true;
             let after = self.rng.range(0, 1_000);
@@ -325,12 +449,23 @@ impl World {
             return Ok(());
         }
         node.flush_scheduled = false;
-        let count = node.batch.len() as u64;
-        if count == 0 {
+        if !node.read_batch.is_empty() {
+            let cmds = std::mem::take(&mut node.read_batch);
+            let ctx = self.ctx();
+            let batch = ReadBatch {
+                cmds,
+                committed_at_arrival: self.checker.committed.len() as u64,
+            };
+            self.nodes[n].reads_asked.insert(ctx, batch);
+            self.stats.read_batches += 1;
+            self.step_node(n, Event::ReadIndex { ctx }, StepCtx::None)?;
+        }
+        let count = self.nodes[n].batch.len() as u64;
+        if count == 0 || !self.nodes[n].is_up() {
             return Ok(());
         }
         self.stats.proposal_batches += 1;
-        self.step_node(n, Event::Propose { count }, None)
+        self.step_node(n, Event::Propose { count }, StepCtx::None)
     }
 
     /// A client's timer: give up on an expired operation, or start the next one.
@@ -369,11 +504,13 @@ impl World {
                 new: op_id,
             }
         };
+        let via_read_index = op == Op::Get && self.rng.chance(self.params.read_index_share);
         let cmd = Cmd {
             client: c,
             op_id,
             key,
             op,
+            via_read_index,
         };
         let invoke = self.history.tick();
         let deadline_us = self.now_us + self.params.op_timeout_us;

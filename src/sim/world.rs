@@ -7,15 +7,34 @@ use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 
 use crate::core::message::{AppendEntriesRequest, Message};
-use crate::core::{CoreOptions, Event, HardState, InitialState, RaftCore, TimerKind};
+use crate::core::{CoreOptions, Event, HardState, InitialState, RaftCore, Role, TimerKind};
 use crate::logging::discard_logger;
 use crate::sim::checks::Checker;
 use crate::sim::client::{Client, History, Reply};
 use crate::sim::kv::Cmd;
 use crate::sim::network::Network;
-use crate::sim::node::{LogSlice, SimNode};
+use crate::sim::node::{SimNode, SimSnapshot};
 use crate::sim::{Params, SimOptions, Stats};
 use crate::types::{Configuration, PeerId, Rng};
+
+/// What travels beside a message: the commands of an AppendEntries' entries (aligned with
+/// them), or the snapshot an InstallSnapshot offers.
+#[derive(Clone, Debug)]
+pub(crate) enum Payload {
+    None,
+    Cmds(Vec<Option<Cmd>>),
+    Snapshot(Box<SimSnapshot>),
+}
+
+/// What an action of the step may refer to.
+#[derive(Clone, Copy)]
+pub(crate) enum StepCtx<'a> {
+    None,
+    /// The AppendEntries just stepped and its commands.
+    Append(&'a AppendEntriesRequest, &'a [Option<Cmd>]),
+    /// The snapshot of the InstallSnapshot just stepped.
+    Snapshot(&'a SimSnapshot),
+}
 
 /// More events in flight than any sane run has: a message storm, reported as a failure.
 const EVENTS_IN_FLIGHT_MAX: usize = 200_000;
@@ -30,8 +49,18 @@ pub(crate) enum Ev {
         to: usize,
         life: u32,
         msg: Message,
-        cmds: Vec<Option<Cmd>>,
+        payload: Payload,
     },
+    SnapshotTick {
+        node: usize,
+    },
+    SnapshotSaved {
+        node: usize,
+        life: u32,
+        snap: Box<SimSnapshot>,
+    },
+    Membership,
+    Transfer,
     Timer {
         node: usize,
         life: u32,
@@ -86,6 +115,8 @@ impl Ev {
             | Ev::DiskDone { node, .. }
             | Ev::MetaDone { node, .. }
             | Ev::Request { node, .. }
+            | Ev::SnapshotTick { node }
+            | Ev::SnapshotSaved { node, .. }
             | Ev::Flush { node, .. } => Some(*node),
             _ => None,
         }
@@ -133,7 +164,11 @@ pub struct World {
     queue: BinaryHeap<Scheduled>,
     pub(crate) nodes: Vec<SimNode>,
     pub(crate) ids: Vec<PeerId>,
+    /// The configuration the group starts with (the first `params.voters` peers; the others
+    /// are spares that configuration changes may add).
     pub(crate) conf: Configuration,
+    /// Names read batches and configuration changes.
+    pub(crate) next_ctx: u64,
     pub(crate) net: Network,
     pub(crate) clients: Vec<Client>,
     pub(crate) history: History,
@@ -147,6 +182,8 @@ pub struct World {
     pub(crate) leader_after_heal_us: Option<u64>,
     /// Every peer holds and applied the leader's whole log.
     pub(crate) converged: bool,
+    /// After the heal: the sum of the members' applied indexes, and when it last changed.
+    pub(crate) catch_up_mark: (u64, u64),
     /// Set by scripted scenarios: no clients, no random faults.
     pub(crate) scripted: bool,
     /// Per peer: until when (real microseconds) its leader lease is valid; 0 if none.
@@ -176,11 +213,13 @@ impl World {
                 last_seen: vec![None; opts.keys as usize],
             })
             .collect();
+        let conf = Configuration::new(ids.iter().take(params.voters).copied());
         World {
             net: Network::new(n, params.link_faults),
-            conf: Configuration::new(ids.iter().copied()),
+            checker: Checker::new(&ids, &conf),
+            conf,
+            next_ctx: 0,
             history: History::new(opts.keys),
-            checker: Checker::new(n),
             stats: Stats::default(),
             opts,
             params,
@@ -196,6 +235,7 @@ impl World {
             healed_at_us: None,
             leader_after_heal_us: None,
             converged: false,
+            catch_up_mark: (0, 0),
             scripted: false,
             lease_until_us: vec![0; n],
         }
@@ -227,6 +267,18 @@ impl World {
             let after = self.params.fault_gap_us(&mut self.rng);
             self.schedule(after, Ev::Fault);
         }
+        if self.params.membership_gap_us.is_some() {
+            self.schedule_membership();
+        }
+        if self.params.transfer_gap_us.is_some() {
+            self.schedule_transfer();
+        }
+        if self.params.snapshot_every > 0 {
+            for node in 0..self.nodes.len() {
+                let after = self.rng.range(0, self.params.snapshot_tick_us);
+                self.schedule(after, Ev::SnapshotTick { node });
+            }
+        }
         Ok(())
     }
 
@@ -248,7 +300,7 @@ impl World {
                 ));
             }
             if self.steps % self.opts.full_check_every == 0 {
-                self.checker.full(&self.nodes)?;
+                self.checker.full(&self.nodes, None)?;
             }
             if self.healed_at_us.is_some() && !self.scripted {
                 self.watch_after_heal()?;
@@ -279,8 +331,8 @@ impl World {
                 to,
                 life,
                 msg,
-                cmds,
-            } => self.deliver(from, to, life, &msg, &cmds),
+                payload,
+            } => self.deliver(from, to, life, &msg, &payload),
             Ev::Timer {
                 node,
                 life,
@@ -292,7 +344,7 @@ impl World {
                     return Ok(());
                 }
                 self.note(|| format!("peer {node}: {kind:?} timer"));
-                self.step_node(node, Event::Timeout(kind), None)
+                self.step_node(node, Event::Timeout(kind), StepCtx::None)
             }
             Ev::DiskDone { node, life } => self.disk_done(node, life),
             Ev::MetaDone { node, life, hs } => {
@@ -300,8 +352,12 @@ impl World {
                     return Ok(());
                 }
                 self.nodes[node].durable_hs = hs;
-                self.step_node(node, Event::HardStatePersisted(hs), None)
+                self.step_node(node, Event::HardStatePersisted(hs), StepCtx::None)
             }
+            Ev::SnapshotTick { node } => self.snapshot_tick(node),
+            Ev::SnapshotSaved { node, life, snap } => self.snapshot_saved(node, life, *snap),
+            Ev::Membership => self.change_membership(),
+            Ev::Transfer => self.transfer_leader(),
             Ev::Request { node, cmd } => self.request(node, cmd),
             Ev::Flush { node, life } => self.flush(node, life),
             Ev::Reply {
@@ -330,7 +386,7 @@ impl World {
         to: usize,
         life: u32,
         msg: &Message,
-        cmds: &[Option<Cmd>],
+        payload: &Payload,
     ) -> Result<(), String> {
         if self.nodes[to].life != life || !self.nodes[to].is_up() {
             return Ok(());
@@ -341,11 +397,12 @@ impl World {
         }
         self.note(|| format!("{from} -> {to}: {}", describe(msg)));
         let from_id = self.ids[from];
-        let req = match msg {
-            Message::AppendEntries(r) => Some((r, cmds)),
-            _ => None,
+        let ctx = match (msg, payload) {
+            (Message::AppendEntries(r), Payload::Cmds(cmds)) => StepCtx::Append(r, cmds),
+            (Message::InstallSnapshot(_), Payload::Snapshot(s)) => StepCtx::Snapshot(s),
+            _ => StepCtx::None,
         };
-        self.step_node(to, Event::Message { from: from_id, msg }, req)
+        self.step_node(to, Event::Message { from: from_id, msg }, ctx)
     }
 
     fn disk_done(&mut self, node: usize, life: u32) -> Result<(), String> {
@@ -353,11 +410,14 @@ impl World {
         if n.life != life || !n.is_up() {
             return Ok(());
         }
-        if let Some(crate::sim::node::DiskOp::Append(entries)) = n.complete_write() {
-            let last = entries[entries.len() - 1].id;
-            return self.step_node(node, Event::LogDurable(last), None);
+        match n.complete_write()? {
+            Some(crate::sim::node::DiskOp::Append(entries)) => {
+                let last = entries[entries.len() - 1].id;
+                self.step_node(node, Event::LogDurable(last), StepCtx::None)
+            }
+            Some(crate::sim::node::DiskOp::Install(snap)) => self.installed(node, *snap),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// (Re)starts peer `i` from its disk.
@@ -368,23 +428,39 @@ impl World {
         let mut opts = CoreOptions::new(self.ids[i]);
         self.params.apply(&mut opts);
         opts.bugs = self.opts.bugs;
-        let init = InitialState {
-            hard_state: self.nodes[i].durable_hs,
-            conf: self.conf.clone(),
-            conf_index: 0,
-            applied_index: 0,
-        };
         let node = &mut self.nodes[i];
-        let log = LogSlice(&node.durable_log);
-        let core = RaftCore::new(opts, init, &log, self.rng.fork(), discard_logger())
-            .map_err(|e| e.to_string())?;
+        let snapshot = node.snapshot_id();
+        if node.durable_log.id_at(snapshot.index) != Some(snapshot) {
+            // The log does not reach the snapshot: it restarts after it (braft's
+            // set_snapshot at load).
+            node.durable_log.reset(snapshot);
+        }
+        let init = InitialState {
+            hard_state: node.durable_hs,
+            configurations: node.restored_configurations(&self.conf),
+            applied_index: node.applied,
+            snapshot,
+            snapshot_conf: node
+                .snapshot
+                .as_ref()
+                .map(|s| s.conf.clone())
+                .unwrap_or_default(),
+        };
+        let core = RaftCore::new(
+            opts,
+            init,
+            &node.durable_log,
+            self.rng.fork(),
+            discard_logger(),
+        )
+        .map_err(|e| format!("peer {i}: restart: {e}"))?;
         node.log = node.durable_log.clone();
         node.core = Some(core);
         node.timer_tokens = [0; 4];
         node.disk_free_us = self.now_us;
         node.meta_free_us = self.now_us;
-        let (hs, len) = (node.durable_hs, node.log.len());
-        self.note(|| format!("peer {i}: start (durable {hs:?}, log {len})"));
+        let (hs, last) = (node.durable_hs, node.log.last_id());
+        self.note(|| format!("peer {i}: start (durable {hs:?}, log to {last})"));
         let node = &mut self.nodes[i];
         let local = node.clock.local_ms(self.now_us);
         let actions: Vec<_> = node
@@ -395,7 +471,7 @@ impl World {
             .drain()
             .collect();
         for a in actions {
-            self.carry_out(i, a, None)?;
+            self.carry_out(i, a, StepCtx::None)?;
         }
         self.checker.after_step(i, &self.nodes[i])
     }
@@ -405,7 +481,7 @@ impl World {
         &mut self,
         n: usize,
         event: Event<'_>,
-        req: Option<(&AppendEntriesRequest, &[Option<Cmd>])>,
+        ctx: StepCtx<'_>,
     ) -> Result<(), String> {
         let node = &mut self.nodes[n];
         let local = node.clock.local_ms(self.now_us);
@@ -415,17 +491,21 @@ impl World {
         let mut actions = std::mem::take(&mut node.actions);
         actions.extend(core.step(local, event).drain());
         for a in actions.drain(..) {
-            self.carry_out(n, a, req)?;
+            self.carry_out(n, a, ctx)?;
         }
         self.nodes[n].actions = actions;
         let node = &self.nodes[n];
-        node.core().check_invariants()?;
+        let Some(core) = node.core.as_ref() else {
+            return Ok(()); // the step's actions crashed it (a strike)
+        };
+        core.check_invariants()?;
         let commit_before = self.checker.commit_seen(n, node.life);
         self.checker.after_step(n, node)?;
-        let core = node.core();
-        if core.role() == crate::core::Role::Leader && core.commit_index() > commit_before {
+        if core.role() == Role::Leader && core.commit_index() > commit_before {
             self.checker
                 .check_commit_safety(core.commit_index(), &self.nodes)?;
+            self.checker
+                .check_commit_quorum(n, commit_before, &self.nodes)?;
         }
         self.check_leases(n)
     }
@@ -442,7 +522,57 @@ impl World {
         if valid.len() > 1 {
             return Err(format!("two valid leader leases at once: peers {valid:?}"));
         }
+        for l in valid {
+            self.check_lease_protected(l)?;
+        }
         Ok(())
+    }
+
+    /// The lease argument itself: while a leader's lease is valid, a majority of each voter
+    /// set of its configuration refuses votes for another candidate (the leader itself, a
+    /// crashed voter, which refuses for `T` after it restarts, or a follower whose lease from
+    /// a leader contact lasts, in real time, at least as long as the leader's lease).
+    fn check_lease_protected(&self, l: usize) -> Result<(), String> {
+        let until_us = self.lease_until_us[l];
+        let t_ms = self.params.election_timeout_ms;
+        let leader = self.nodes[l].core();
+        let protected = |p: &PeerId| {
+            let Some(i) = self.ids.iter().position(|x| x == p) else {
+                return false;
+            };
+            let node = &self.nodes[i];
+            match &node.core {
+                _ if i == l => true,
+                None => true,
+                Some(c) if c.role() != Role::Follower => false,
+                Some(c) => c
+                    .follower_lease_contact_ms()
+                    .is_some_and(|ms| node.clock.real_us_at(ms + t_ms) >= until_us),
+            }
+        };
+        let conf = leader.configuration();
+        for half in [conf.voters(), conf.old_voters()] {
+            if half.is_empty() {
+                continue;
+            }
+            let count = half.iter().filter(|p| protected(p)).count();
+            if count < half.len() / 2 + 1 {
+                return Err(format!(
+                    "peer {l}'s leader lease (until {} ms) is valid while only {count} of {} \
+                     voters {:?} would refuse another candidate",
+                    until_us / 1000,
+                    half.len(),
+                    half
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A fresh name for a read batch or a configuration change.
+    pub(crate) fn ctx(&mut self) -> u64 {
+        self.next_ctx += 1;
+        self.next_ctx
     }
 
     /// Crashes peer `i`: it loses everything not durable, and holds no lease any more.
@@ -476,7 +606,8 @@ impl World {
         for (i, n) in self.nodes.iter().enumerate() {
             out.push(match &n.core {
                 Some(c) => format!(
-                    "peer {i}: {:?} term {} leader {:?} commit {} applied {} last {} durable {}",
+                    "peer {i}: {:?} term {} leader {:?} commit {} applied {} last {} durable {} \
+                     first {} snapshot {} conf {}",
                     c.role(),
                     c.term(),
                     c.leader()
@@ -484,7 +615,10 @@ impl World {
                     c.commit_index(),
                     n.applied,
                     c.last_log_id(),
-                    c.durable_index()
+                    c.durable_index(),
+                    c.first_index(),
+                    n.snapshot_id(),
+                    c.configuration()
                 ),
                 None => format!("peer {i}: down"),
             });
@@ -523,5 +657,6 @@ pub(crate) fn describe(msg: &Message) -> String {
             m.hint
         ),
         Message::TimeoutNow(m) => format!("TimeoutNow t{}", m.term),
+        Message::InstallSnapshot(m) => format!("InstallSnapshot t{} {}", m.term, m.last),
     }
 }

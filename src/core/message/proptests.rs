@@ -23,8 +23,15 @@ fn configuration() -> impl Strategy<Value = Configuration> {
 
 fn append_request() -> impl Strategy<Value = AppendEntriesRequest> {
     let kinds = proptest::collection::vec((0u64..3, 0u8..3, configuration()), 0..6);
-    (0u64..1000, 0u64..1000, any::<u64>(), any::<u64>(), kinds).prop_map(
-        |(prev_index, prev_term, commit, sent_ms, kinds)| {
+    (
+        0u64..1000,
+        0u64..1000,
+        any::<u64>(),
+        any::<u64>(),
+        kinds,
+        any::<u64>(),
+    )
+        .prop_map(|(prev_index, prev_term, commit, sent_ms, kinds, round)| {
             let mut term = prev_term;
             let mut entries = Vec::new();
             for (i, (bump, k, conf)) in kinds.into_iter().enumerate() {
@@ -39,10 +46,10 @@ fn append_request() -> impl Strategy<Value = AppendEntriesRequest> {
                 prev: LogId::new(prev_index, prev_term),
                 commit,
                 sent_ms,
+                round,
                 entries,
             }
-        },
-    )
+        })
 }
 
 fn message() -> impl Strategy<Value = Message> {
@@ -68,18 +75,37 @@ fn message() -> impl Strategy<Value = Message> {
             any::<bool>(),
             any::<u64>(),
             log_id(),
+            any::<u64>(),
             any::<u64>()
         )
-            .prop_map(|(term, success, index, hint, sent_ms)| {
+            .prop_map(|(term, success, index, hint, sent_ms, round)| {
                 Message::AppendEntriesResponse(AppendEntriesResponse {
                     term,
                     success,
                     index,
                     hint,
                     sent_ms,
+                    round,
                 })
             }),
         any::<u64>().prop_map(|term| Message::TimeoutNow(TimeoutNow { term })),
+        (
+            0u64..u64::MAX / 2,
+            1u64..u64::MAX,
+            configuration(),
+            any::<u64>(),
+            any::<u64>()
+        )
+            .prop_filter("a snapshot has voters", |(_, _, c, _, _)| !c.is_empty())
+            .prop_map(|(term, index, conf, sent_ms, round)| {
+                Message::InstallSnapshot(InstallSnapshotRequest {
+                    term: term + 1,
+                    last: LogId::new(index, term),
+                    conf,
+                    sent_ms,
+                    round,
+                })
+            }),
     ]
 }
 
@@ -130,6 +156,7 @@ fn impossible_append_requests_are_refused() {
         prev: LogId::new(3, 2),
         commit: 0,
         sent_ms: 0,
+        round: 0,
         entries: vec![EntryMeta {
             id: LogId::new(4, 3),
             kind: EntryType::Data,
@@ -154,7 +181,14 @@ fn impossible_append_requests_are_refused() {
 #[test]
 fn a_forged_entry_count_allocates_nothing() {
     let mut buf = Vec::new();
-    AppendEntriesRequest::encode_header(1, LogId::default(), 0, 0, u32::MAX, &mut buf);
+    let header = AppendHeader {
+        term: 1,
+        prev: LogId::default(),
+        commit: 0,
+        sent_ms: 0,
+        round: 0,
+    };
+    AppendEntriesRequest::encode_header(&header, u32::MAX, &mut buf);
     let mut tagged = vec![3u8];
     tagged.extend_from_slice(&buf);
     let err = Message::decode_exact(&tagged).unwrap_err().to_string();

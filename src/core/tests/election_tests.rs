@@ -265,3 +265,37 @@ fn the_leader_lease_runs_from_the_quorum_send_time() {
         .leader_lease_until_ms()
         .is_none_or(|u| u <= c.now));
 }
+
+/// A follower within its lease keeps its term when a stale response of a later term reaches
+/// it (here: an answer to an AppendEntries it sent as the previous leader). Adopting that
+/// term would drop its lease, and it could then vote while its new leader's lease is valid.
+#[test]
+fn a_follower_in_its_lease_ignores_a_later_term_in_a_stale_response() {
+    let mut c = Cluster::new(3);
+    c.elect(0);
+    c.elect(1);
+    c.advance(c.heartbeat());
+    let term = c.core(0).term();
+    assert_eq!(
+        c.core(0).leader(),
+        Some(peer(1)),
+        "0 follows 1 within its lease"
+    );
+    let stale = Message::AppendEntriesResponse(crate::core::message::AppendEntriesResponse {
+        term: term + 1,
+        success: false,
+        index: 0,
+        hint: LogId::default(),
+        sent_ms: 0,
+        round: 0,
+    });
+    c.step(
+        0,
+        Event::Message {
+            from: peer(2),
+            msg: &stale,
+        },
+    );
+    assert_eq!(c.core(0).term(), term, "the lease holds the term");
+    assert_eq!(c.core(0).leader(), Some(peer(1)));
+}

@@ -19,6 +19,7 @@ fn append(term: u64, prev: LogId, commit: u64, entries: &[LogId]) -> Message {
         prev,
         commit,
         sent_ms: 0,
+        round: 0,
         entries: entries
             .iter()
             .map(|id| EntryMeta {

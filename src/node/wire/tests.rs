@@ -5,6 +5,17 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::core::message::{AppendEntriesResponse, TimeoutNow, VoteRequest, VoteResponse};
+use crate::types::LogId;
+
+fn header() -> AppendHeader {
+    AppendHeader {
+        term: 4,
+        prev: LogId::new(10, 3),
+        commit: 9,
+        sent_ms: 77,
+        round: 5,
+    }
+}
 
 fn env() -> Envelope {
     Envelope {
@@ -62,6 +73,7 @@ fn every_message_kind_round_trips() {
             index: 40,
             hint: LogId::new(33, 2),
             sent_ms: 1234,
+            round: 8,
         }),
         Message::TimeoutNow(TimeoutNow { term: 9 }),
     ];
@@ -76,7 +88,7 @@ fn every_message_kind_round_trips() {
 #[test]
 fn append_entries_payloads_arrive_as_slices_of_the_frame_with_checksums_verified() {
     let sent = entries();
-    let chunks = encode_append(&env(), 4, LogId::new(10, 3), 9, 77, &sent);
+    let chunks = encode_append(&env(), &header(), &sent);
     assert_eq!(
         chunks.len(),
         1 + 3,
@@ -93,7 +105,10 @@ fn append_entries_payloads_arrive_as_slices_of_the_frame_with_checksums_verified
         panic!("{:?}", got.msg)
     };
     assert_eq!(req.prev, LogId::new(10, 3));
-    assert_eq!((req.term, req.commit, req.sent_ms), (4, 9, 77));
+    assert_eq!(
+        (req.term, req.commit, req.sent_ms, req.round),
+        (4, 9, 77, 5)
+    );
     assert!(req.entries[2].conf.is_some());
     assert_eq!(got.entries, sent);
     let range = body.as_ptr() as usize..body.as_ptr() as usize + body.len();
@@ -105,14 +120,7 @@ fn append_entries_payloads_arrive_as_slices_of_the_frame_with_checksums_verified
 
 #[test]
 fn a_flipped_payload_bit_drops_the_whole_message() {
-    let body = join(&encode_append(
-        &env(),
-        4,
-        LogId::new(10, 3),
-        9,
-        77,
-        &entries(),
-    ));
+    let body = join(&encode_append(&env(), &header(), &entries()));
     let mut bad = body.to_vec();
     let last = bad.len() - 1;
     bad[last] ^= 1; // inside the last payload
@@ -122,14 +130,7 @@ fn a_flipped_payload_bit_drops_the_whole_message() {
 
 #[test]
 fn every_truncation_is_an_error() {
-    let body = join(&encode_append(
-        &env(),
-        4,
-        LogId::new(10, 3),
-        9,
-        77,
-        &entries(),
-    ));
+    let body = join(&encode_append(&env(), &header(), &entries()));
     for cut in 0..body.len() {
         assert!(decode(&body.slice(..cut)).is_err(), "cut at {cut}");
     }
@@ -143,7 +144,7 @@ proptest! {
         val in any::<u8>()
     ) {
         let _ = decode(&Bytes::from(bytes));
-        let chunks = encode_append(&env(), 4, LogId::new(10, 3), 9, 77, &entries());
+        let chunks = encode_append(&env(), &header(), &entries());
         let mut body = join(&chunks).to_vec();
         let i = pos % body.len();
         body[i] = val;

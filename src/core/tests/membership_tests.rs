@@ -1,0 +1,197 @@
+//! Membership changes by joint consensus (Raft thesis section 4.3): new voters catch up
+//! first, `C_old,new` needs both majorities, `C_new` follows, a removed leader steps down and
+//! never campaigns, a leader elected mid-change finishes it, learners never vote or count, and
+//! one change runs at a time.
+
+use super::*;
+use crate::error::RaftError;
+
+/// New voters must hold the leader's whole log before the joint phase.
+fn no_margin(i: usize) -> CoreOptions {
+    let mut o = options(i);
+    o.catchup_margin = 0;
+    o
+}
+
+fn change(c: &mut Cluster, leader: usize, ctx: u64, target: &Configuration) {
+    c.step(leader, Event::ChangeConfiguration { ctx, target });
+}
+
+fn done(outcomes: &[Action]) -> Vec<(u64, Result<(), RaftError>)> {
+    outcomes
+        .iter()
+        .filter_map(|a| match a {
+            Action::ConfChangeDone { ctx, result } => Some((*ctx, result.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// §4.3: replacing two voters goes through `C_old,new`, which cannot commit on the new
+/// majority alone; once both agree, `C_new` commits and the change is done.
+#[test]
+fn a_joint_configuration_needs_both_majorities() {
+    let mut c = Cluster::with_spares(3, 2, options);
+    c.elect(0);
+    c.propose(0, 3);
+    c.deliver_all();
+    let target = conf_of(&[0, 3, 4], &[]);
+    change(&mut c, 0, 1, &target);
+    let joint = c.core(0).configuration().clone();
+    assert!(
+        joint.is_joint(),
+        "within the catch-up margin: joint at once: {joint}"
+    );
+    let joint_index = c.core(0).configuration_index();
+    // The old voters 1 and 2 hear nothing: the new majority {0, 3, 4} alone cannot commit.
+    c.cut.extend([(0, 1), (0, 2)]);
+    c.propose(0, 1);
+    c.advance(3 * c.heartbeat());
+    assert!(
+        c.core(0).commit_index() < joint_index,
+        "committed without C_old's majority"
+    );
+    c.heal();
+    c.advance(5 * c.heartbeat());
+    assert_eq!(c.core(0).configuration(), &target);
+    assert_eq!(done(&c.outcomes(0)), vec![(1, Ok(()))]);
+    for i in [3, 4] {
+        assert_eq!(c.core(i).configuration(), &target, "peer {i}");
+        assert_eq!(c.core(i).commit_index(), c.core(0).commit_index());
+    }
+}
+
+/// §4.2.2: a leader not in `C_new` steps down once `C_new` commits, never campaigns again,
+/// and the new configuration elects a leader of its own.
+#[test]
+fn a_removed_leader_steps_down_after_c_new_commits_and_never_campaigns() {
+    let mut c = Cluster::new(3);
+    c.elect(0);
+    let target = conf_of(&[1, 2], &[]);
+    change(&mut c, 0, 5, &target);
+    c.advance(5 * c.heartbeat());
+    assert_eq!(done(&c.outcomes(0)), vec![(5, Ok(()))]);
+    assert_ne!(c.core(0).role(), Role::Leader);
+    let term = c.core(0).term();
+    c.advance(10 * T);
+    let leaders = c.leaders();
+    assert_eq!(leaders.len(), 1);
+    assert!(leaders[0] == 1 || leaders[0] == 2);
+    assert_eq!(c.core(0).role(), Role::Follower);
+    assert_eq!(c.core(0).term(), term, "the removed peer never campaigned");
+}
+
+/// A leader elected while the configuration is joint finishes the change with `C_new`.
+#[test]
+fn a_leader_elected_in_the_joint_phase_finishes_the_change() {
+    let mut c = Cluster::with_spares(3, 1, options);
+    c.elect(0);
+    change(&mut c, 0, 1, &conf_of(&[0, 1, 2, 3], &[]));
+    c.advance(c.heartbeat());
+    // Commit the joint entry, then cut the leader off before it appends C_new everywhere.
+    c.advance(2 * c.heartbeat());
+    c.isolate(0);
+    c.advance(5 * T);
+    let leaders: Vec<_> = c.leaders().into_iter().filter(|l| *l != 0).collect();
+    assert_eq!(leaders.len(), 1, "a new leader in the joint configuration");
+    let l = leaders[0];
+    c.advance(5 * c.heartbeat());
+    assert!(
+        c.core(l).configuration().is_stable(),
+        "{}",
+        c.core(l).configuration()
+    );
+    assert_eq!(c.core(l).configuration(), &conf_of(&[0, 1, 2, 3], &[]));
+    assert!(c.core(l).configuration_index() <= c.core(l).commit_index());
+}
+
+/// Learners receive every entry but are never asked for votes, never campaign and never
+/// count: the group commits with a learner cut off, and a learner-only change needs no
+/// joint phase.
+#[test]
+fn learners_replicate_but_never_vote_or_count() {
+    let mut c = Cluster::with_spares(3, 1, options);
+    c.elect(0);
+    let target = conf_of(&[0, 1, 2], &[3]);
+    change(&mut c, 0, 1, &target);
+    c.advance(3 * c.heartbeat());
+    assert_eq!(done(&c.outcomes(0)), vec![(1, Ok(()))]);
+    assert_eq!(
+        c.core(3).configuration(),
+        &target,
+        "one entry, no joint phase"
+    );
+    c.propose(0, 4);
+    c.advance(2 * c.heartbeat());
+    assert_eq!(
+        c.core(3).commit_index(),
+        c.core(0).commit_index(),
+        "it replicates"
+    );
+    c.isolate(3);
+    c.propose(0, 2);
+    c.advance(2 * c.heartbeat());
+    assert!(
+        c.core(0).commit_index() > c.core(3).commit_index(),
+        "commits without it"
+    );
+    c.advance(5 * T);
+    assert_eq!(
+        c.core(3).role(),
+        Role::Follower,
+        "a learner never campaigns"
+    );
+    assert_eq!(c.core(3).voted_for(), None);
+}
+
+/// One change at a time; a new voter that never catches up fails the change with Timeout
+/// and the configuration stays as it was.
+#[test]
+fn a_second_change_is_busy_and_a_voter_that_never_catches_up_times_out() {
+    let mut c = Cluster::with_spares(3, 2, no_margin);
+    c.elect(0);
+    c.crash(3);
+    let before = c.core(0).configuration().clone();
+    change(&mut c, 0, 1, &conf_of(&[0, 1, 2, 3], &[]));
+    change(&mut c, 0, 2, &conf_of(&[0, 1, 2, 4], &[]));
+    assert_eq!(done(&c.outcomes(0)), vec![(2, Err(RaftError::Busy))]);
+    c.advance(2 * T);
+    assert_eq!(done(&c.outcomes(0)), vec![(1, Err(RaftError::Timeout))]);
+    assert_eq!(c.core(0).configuration(), &before);
+    change(&mut c, 0, 3, &conf_of(&[0, 1, 2, 4], &[]));
+    c.advance(5 * c.heartbeat());
+    assert_eq!(
+        done(&c.outcomes(0)),
+        vec![(3, Ok(()))],
+        "the next change runs"
+    );
+}
+
+/// openraft issue 2091: removing the leader of a two-voter group. `C_old,new` commits, the
+/// leader appends `C_new = {1}` and crashes before it spreads. Its log is the newest, so 1
+/// cannot win without its vote, and under `C_new` it is no voter. Being a voter of its
+/// committed configuration, it may still campaign (its own vote does not count under
+/// `C_new`); it wins with 1's vote, commits `C_new`, and steps down for 1.
+#[test]
+fn a_removed_leader_that_crashed_before_c_new_spread_does_not_strand_the_group() {
+    let mut c = Cluster::new(2);
+    c.elect(0);
+    let target = conf_of(&[1], &[]);
+    change(&mut c, 0, 1, &target);
+    assert!(c.core(0).configuration().is_joint());
+    c.deliver_if(|_, to, _| to == 1); // 1 stores C_old,new and acknowledges it
+    c.cut.insert((0, 1)); // C_new, appended once that commits, never reaches 1
+    c.deliver_all();
+    assert_eq!(
+        c.core(0).configuration(),
+        &target,
+        "C_new appended on 0 only"
+    );
+    c.crash(0);
+    c.restart(0);
+    c.heal();
+    c.advance(20 * T);
+    assert_eq!(c.leaders(), vec![1], "the group elects its remaining voter");
+    assert_eq!(c.core(1).configuration(), &target);
+    assert!(c.core(1).configuration_index() <= c.core(1).commit_index());
+}
