@@ -38,8 +38,7 @@ const RAFT_METHODS: [Method; 5] = [
     Method::TimeoutNow,
 ];
 
-const UNSUPPORTED: [(Method, &str); 8] = [
-    (Method::GetFile, "FileService (remote snapshot install)"),
+const UNSUPPORTED: [(Method, &str); 7] = [
     (Method::AddPeer, "CliService.AddPeer"),
     (Method::RemovePeer, "CliService.RemovePeer"),
     (Method::ChangePeers, "CliService.ChangePeers"),
@@ -72,6 +71,9 @@ impl NodeManager {
         for m in RAFT_METHODS {
             server.register(m, move |req: Request| NodeManager::global().route(req))?;
         }
+        server.register(Method::GetFile, move |req: Request| {
+            NodeManager::global().route_file(req)
+        })?;
         server.register(Method::Stat, move |req: Request| {
             let text = NodeManager::global().stat_text(addr);
             req.responder.respond(Ok(vec![Bytes::from(text)]));
@@ -155,6 +157,25 @@ impl NodeManager {
                 req.responder.respond(Ok(Vec::new()));
                 node.deliver(req.body);
             }
+            Ok(None) => req
+                .responder
+                .respond(Err(RaftError::invalid("no such node here"))),
+            Err(e) => req.responder.respond(Err(e)),
+        }
+    }
+
+    /// FileService: hands a `GetFile` to the node owning the snapshot (its queue on the disk
+    /// pool reads and answers; the IO thread only routes).
+    fn route_file(&self, req: Request) {
+        let owner = {
+            let mut r = Reader::new("GetFile", &req.body);
+            GroupId::decode_str(&mut r).and_then(|group| {
+                let owner = PeerId::decode(&mut r)?;
+                Ok(self.get(group, &owner))
+            })
+        };
+        match owner {
+            Ok(Some(node)) => node.serve_file(req),
             Ok(None) => req
                 .responder
                 .respond(Err(RaftError::invalid("no such node here"))),

@@ -3,7 +3,9 @@
 //! saves and loads, errors, shutdown.
 //!
 //! The node only enqueues here (`on_committed(index)` coalesces: many commits in one drained
-//! batch cost one pass over the log). Entries are read from a [`CommittedLog`] (the log
+//! batch cost one pass over the log). Confirmed reads wait here until the state machine has
+//! applied their index, then complete on this queue, so a read callback sees every write the
+//! read must see. Entries are read from a [`CommittedLog`] (the log
 //! manager) as shared buffers. Every user callback runs inside `catch_unwind`: a panic puts
 //! this node's FSMCaller in its error state (completions fail, nothing more is applied) and
 //! reports it to the node; the pool thread and other nodes go on. Nothing here runs under a
@@ -11,6 +13,7 @@
 
 mod closure_queue;
 
+use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
@@ -65,6 +68,10 @@ pub struct FsmCallerOptions {
     pub logger: Logger,
 }
 
+/// The completion of a linearizable read: called on the fsm pool once the state machine has
+/// applied at least the read's index (which it gets), or with why the read failed.
+pub type ReadDone = Box<dyn FnOnce(Result<u64>) + Send>;
+
 /// A request to save a snapshot of the state as of the last applied entry.
 pub struct SaveRequest {
     /// Where to write it.
@@ -82,6 +89,7 @@ enum FsmTask {
     Error(RaftError),
     SaveSnapshot(SaveRequest),
     LoadSnapshot(SnapshotReader, Box<dyn FnOnce(Result<()>) + Send>),
+    Read(u64, Vec<ReadDone>),
 }
 
 /// The driver of one node's state machine.
@@ -99,6 +107,8 @@ struct Driver {
     error: Option<RaftError>,
     /// Reused per pass; holds the data entries handed to `on_apply`.
     batch: Vec<Applied>,
+    /// Confirmed reads waiting for the state machine to reach their index.
+    reads: BTreeMap<u64, Vec<ReadDone>>,
 }
 
 impl FsmCaller {
@@ -116,6 +126,7 @@ impl FsmCaller {
             applied: applied.clone(),
             error: None,
             batch: Vec::new(),
+            reads: BTreeMap::new(),
         };
         let queue = ExecQueue::start(&pool, queue_opts, move |batch: &mut Batch<'_, FsmTask>| {
             driver.run(batch)
@@ -176,6 +187,15 @@ impl FsmCaller {
         }
     }
 
+    /// Completes `dones` once the state machine has applied `index` (at once if it has).
+    pub fn read_when_applied(&self, index: u64, dones: Vec<ReadDone>) {
+        if let Err(e) = self.queue.submit(FsmTask::Read(index, dones)) {
+            if let FsmTask::Read(_, dones) = e.item {
+                dones.into_iter().for_each(|d| d(Err(e.error.clone())));
+            }
+        }
+    }
+
     /// Stops: what was queued runs, then `on_shutdown`; completions still waiting fail with
     /// `Stopped`.
     pub fn shutdown(&self) {
@@ -211,6 +231,26 @@ impl Driver {
             }
         }
         self.apply_up_to(commit_to);
+        self.release_reads();
+    }
+
+    /// Completes the reads whose index is applied (all of them, failed, in the error state).
+    fn release_reads(&mut self) {
+        if let Some(e) = &self.error {
+            let e = e.clone();
+            for done in std::mem::take(&mut self.reads).into_values().flatten() {
+                done(Err(e.clone()));
+            }
+            return;
+        }
+        let applied = self.applied.lock().index;
+        let waiting = self.reads.split_off(&(applied + 1));
+        for done in std::mem::replace(&mut self.reads, waiting)
+            .into_values()
+            .flatten()
+        {
+            done(Ok(applied));
+        }
     }
 
     fn handle(&mut self, task: FsmTask) {
@@ -229,6 +269,10 @@ impl Driver {
             FsmTask::Error(e) => self.enter_error(e),
             FsmTask::SaveSnapshot(req) => self.save_snapshot(req),
             FsmTask::LoadSnapshot(reader, done) => done(self.load_snapshot(&reader)),
+            FsmTask::Read(index, dones) => {
+                self.reads.entry(index).or_default().extend(dones);
+                self.release_reads();
+            }
         }
     }
 
@@ -265,6 +309,9 @@ impl Driver {
             slog::error!(self.opts.logger, "state machine panicked in on_shutdown");
         }
         self.opts.closures.fail_all(&RaftError::Stopped);
+        for done in std::mem::take(&mut self.reads).into_values().flatten() {
+            done(Err(RaftError::Stopped));
+        }
     }
 
     /// Applies committed entries after the last applied one, up to `to`.

@@ -346,13 +346,14 @@ impl LogManager {
     }
 
     /// Records a snapshot that covers the log through `last_included` (saved locally or
-    /// installed from the leader), with the configuration in force there. As braft does: if
-    /// the log holds `last_included`, entries up to the previous snapshot are compacted (the
-    /// ones since stay for slow followers; at the first snapshot after a restart, when the
-    /// term before the first entry is unknown, up to this snapshot, so that
-    /// `term_at(first_log_index() - 1)` always answers); if it does not (the log is behind,
-    /// or conflicts there), the log is reset to start after the snapshot. A snapshot older
-    /// than the one recorded changes nothing. The snapshot's entries count as committed.
+    /// installed from the leader), with the configuration in force there. If the log holds
+    /// `last_included`, nothing is compacted here: how much the snapshot lets go is the
+    /// Raft core's decision (`truncate_prefix`), except at the first snapshot after a
+    /// restart when the term before the first entry is unknown: then the log is compacted up
+    /// to this snapshot, so that `term_at(first_log_index() - 1)` always answers. If the log
+    /// does not hold it (the log is behind, or conflicts there), the log is reset to start
+    /// after the snapshot. A snapshot older than the one recorded changes nothing. The
+    /// snapshot's entries count as committed.
     pub fn set_snapshot(&self, last_included: LogId, conf: Configuration) -> Result<()> {
         let mut st = self.shared.state.lock();
         st.check_accepting()?;
@@ -371,12 +372,10 @@ impl LogManager {
             conf,
         });
         st.committed_index = st.committed_index.max(last_included.index);
-        let previous = std::mem::replace(&mut st.last_snapshot_id, last_included);
+        st.last_snapshot_id = last_included;
         match term {
             Some(t) if t == last_included.term => {
-                if previous.index > 0 && previous.index + 1 > st.first_log_index {
-                    self.truncate_prefix_locked(&mut st, previous.index + 1);
-                } else if st.prev_log_id.is_none() {
+                if st.prev_log_id.is_none() && st.first_log_index > 1 {
                     // The term before the first entry is unknown (compacted in an earlier
                     // life): compact to the snapshot so that it is the snapshot's.
                     self.truncate_prefix_locked(&mut st, last_included.index + 1);

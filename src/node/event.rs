@@ -6,6 +6,7 @@
 //! the core gave them; those that do IO only enqueue it (disk queue, meta queue, replicator
 //! queues, the transport), so a step never blocks this thread on a disk or a socket.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -14,6 +15,7 @@ use bytes::Bytes;
 
 use super::apply::Task;
 use super::init::Parts;
+use super::install::SnapshotIo;
 use super::timers::now_ms;
 use super::wire::{self, Envelope};
 use super::{Lifecycle, NodeShared};
@@ -21,10 +23,11 @@ use crate::core::message::Message;
 use crate::core::{Action, Event, HardState, Role, TimerKind};
 use crate::error::RaftError;
 use crate::exec_queue::Batch;
+use crate::fsm_caller::ReadDone;
 use crate::rpc::Method;
 use crate::snapshot::SnapshotMeta;
 use crate::state_machine::{Done, LeaderChangeContext};
-use crate::types::{EntryType, LogEntry, LogId, PeerId};
+use crate::types::{Configuration, EntryType, LogEntry, LogId, PeerId};
 
 /// How long a one-way Raft message may wait for its transport acknowledgement before the
 /// peer is reported unreachable to the core.
@@ -52,8 +55,57 @@ pub(crate) enum NodeEvent {
     Snapshot(Done),
     /// A snapshot save finished.
     SnapshotSaved(crate::Result<SnapshotMeta>),
+    /// A snapshot install ordered by the core ended (its last entry, and whether it worked).
+    SnapshotInstalled(LogId, bool),
+    /// A copied snapshot was loaded into the state machine (or failed to load): the log
+    /// restarts after it, then the core is told.
+    InstallLoaded(LogId, Configuration, crate::Result<()>),
+    /// A linearizable read.
+    Read(ReadDone),
+    /// A leader transfer to this peer.
+    Transfer(PeerId, Done),
+    /// A configuration change.
+    ChangePeers(PeerChange, Done),
     /// A component failed fatally: enter the error state.
     Fatal(RaftError),
+}
+
+/// A configuration change, resolved against the effective configuration when the node's
+/// queue takes it (so that `add_peer` and `remove_peer` never undo a concurrent change).
+#[derive(Clone, Debug)]
+pub(crate) enum PeerChange {
+    /// Move to exactly this configuration.
+    Set(Configuration),
+    /// Add a voter.
+    AddVoter(PeerId),
+    /// Add a learner.
+    AddLearner(PeerId),
+    /// Remove a voter or learner.
+    Remove(PeerId),
+}
+
+impl PeerChange {
+    /// The stable configuration this change leads to from `current`.
+    fn target(&self, current: &Configuration) -> crate::Result<Configuration> {
+        let mut voters = current.voters().clone();
+        let mut learners = current.learners().clone();
+        match self {
+            PeerChange::Set(conf) => return Ok(conf.clone()),
+            PeerChange::AddVoter(p) => {
+                learners.remove(p);
+                voters.insert(*p);
+            }
+            PeerChange::AddLearner(p) => {
+                voters.remove(p);
+                learners.insert(*p);
+            }
+            PeerChange::Remove(p) => {
+                voters.remove(p);
+                learners.remove(p);
+            }
+        }
+        Configuration::from_parts(voters, learners, Default::default())
+    }
 }
 
 impl NodeEvent {
@@ -61,7 +113,10 @@ impl NodeEvent {
     pub(crate) fn fail(self, error: &RaftError) {
         match self {
             NodeEvent::Apply(task) => task.fail(error.clone()),
-            NodeEvent::Snapshot(done) => done(Err(error.clone())),
+            NodeEvent::Snapshot(done)
+            | NodeEvent::Transfer(_, done)
+            | NodeEvent::ChangePeers(_, done) => done(Err(error.clone())),
+            NodeEvent::Read(done) => done(Err(error.clone())),
             _ => {}
         }
     }
@@ -87,6 +142,33 @@ pub(crate) struct ShellState {
     /// Completions of snapshot requests waiting for the save in progress.
     saving: Vec<Done>,
     snapshot_running: bool,
+    /// `Read` events collected from the current batch (one ReadIndex for all of them).
+    reads: Vec<ReadDone>,
+    /// Read batches the core has not answered yet, by ctx.
+    reads_asked: HashMap<u64, Vec<ReadDone>>,
+    /// Transfers the core has not answered yet.
+    transfers: Vec<(PeerId, Done)>,
+    /// Configuration changes the core has not answered yet, by ctx.
+    changes: HashMap<u64, Done>,
+    /// Names read batches and configuration changes.
+    next_ctx: u64,
+}
+
+impl ShellState {
+    /// Fails every request still waiting on the core.
+    fn fail_requests(&mut self, error: &RaftError) {
+        let reads = self
+            .reads
+            .drain(..)
+            .chain(self.reads_asked.drain().flat_map(|(_, v)| v));
+        reads.for_each(|d| d(Err(error.clone())));
+        self.transfers
+            .drain(..)
+            .for_each(|(_, d)| d(Err(error.clone())));
+        self.changes
+            .drain()
+            .for_each(|(_, d)| d(Err(error.clone())));
+    }
 }
 
 /// The consumer of the node's queue: the only place the core is stepped. Lives for one
@@ -124,6 +206,7 @@ impl Shell<'_> {
                 .saving
                 .drain(..)
                 .for_each(|d| d(Err(stopped.clone())));
+            self.st.fail_requests(&stopped);
             return;
         }
         let Some(parts) = self.shared.parts() else {
@@ -134,13 +217,16 @@ impl Shell<'_> {
         for ev in batch {
             match ev {
                 NodeEvent::Apply(task) => self.st.proposals.push(task),
+                NodeEvent::Read(done) => self.st.reads.push(done),
                 other => {
                     self.flush_proposals(&parts);
+                    self.flush_reads(&parts);
                     self.handle(&parts, other);
                 }
             }
         }
         self.flush_proposals(&parts);
+        self.flush_reads(&parts);
         let unsynced = parts.log.unsynced_bytes();
         self.shared
             .unsynced_bytes
@@ -164,8 +250,66 @@ impl Shell<'_> {
             NodeEvent::SnapshotTick => self.start_snapshot(parts, None),
             NodeEvent::Snapshot(done) => self.start_snapshot(parts, Some(done)),
             NodeEvent::SnapshotSaved(result) => self.finish_snapshot(parts, result),
+            NodeEvent::SnapshotInstalled(last, ok) => {
+                self.step(parts, Event::SnapshotInstalled { last, ok }, Ctx::None)
+            }
+            NodeEvent::InstallLoaded(last, conf, result) => {
+                // The snapshot is durable and loaded: the log restarts after it (a crash
+                // before this reset is durable redoes it at init step 8).
+                let ok = result.and_then(|_| parts.log.set_snapshot(last, conf));
+                if let Err(e) = &ok {
+                    slog::warn!(self.shared.logger, "installed snapshot not taken";
+                        "snapshot" => %last, "error" => %e);
+                }
+                self.step(
+                    parts,
+                    Event::SnapshotInstalled {
+                        last,
+                        ok: ok.is_ok(),
+                    },
+                    Ctx::None,
+                )
+            }
+            NodeEvent::Read(done) => self.st.reads.push(done),
+            NodeEvent::Transfer(to, done) => {
+                self.st.transfers.push((to, done));
+                self.step(parts, Event::TransferLeader { to }, Ctx::None);
+            }
+            NodeEvent::ChangePeers(change, done) => self.change_peers(parts, change, done),
             NodeEvent::Fatal(error) => self.enter_error(parts, error),
         }
+    }
+
+    /// Asks the core to confirm the collected reads with one ReadIndex.
+    fn flush_reads(&mut self, parts: &Parts) {
+        if self.st.reads.is_empty() {
+            return;
+        }
+        let reads = std::mem::take(&mut self.st.reads);
+        if let Some(error) = self.shared.refusal() {
+            return reads.into_iter().for_each(|d| d(Err(error.clone())));
+        }
+        self.st.next_ctx += 1;
+        let ctx = self.st.next_ctx;
+        self.st.reads_asked.insert(ctx, reads);
+        self.step(parts, Event::ReadIndex { ctx }, Ctx::None);
+    }
+
+    fn change_peers(&mut self, parts: &Parts, change: PeerChange, done: Done) {
+        let current = self.shared.with_core(|c| c.configuration().clone());
+        let target = match current.map(|c| change.target(&c)) {
+            Some(Ok(t)) => t,
+            Some(Err(e)) => return done(Err(e)),
+            None => return done(Err(RaftError::Stopped)),
+        };
+        self.st.next_ctx += 1;
+        let ctx = self.st.next_ctx;
+        self.st.changes.insert(ctx, done);
+        let ev = Event::ChangeConfiguration {
+            ctx,
+            target: &target,
+        };
+        self.step(parts, ev, Ctx::None);
     }
 
     fn handle_rpc(&mut self, parts: &Parts, body: Bytes) {
@@ -297,22 +441,55 @@ impl Shell<'_> {
                 parts.timers.stop(timer);
                 Ok(())
             }
-            Action::AppendConfiguration { id, conf } => {
-                let mut data = Vec::new();
-                conf.encode(&mut data);
-                let entry = LogEntry::new(id, EntryType::Configuration, Bytes::from(data));
-                parts.log.append_entries(vec![entry])
-            }
-            Action::ReadReady { .. }
-            | Action::RejectRead { .. }
-            | Action::TransferDone { .. }
-            | Action::ConfChangeDone { .. }
-            | Action::CompactLog { .. }
-            | Action::InstallSnapshot { .. } => Ok(()),
+            other => self.answer(parts, other),
         };
         if let Err(e) = res {
             self.enter_error(parts, e);
         }
+    }
+
+    /// Carries out the actions that answer requests or change the log's extent.
+    fn answer(&mut self, parts: &Parts, action: Action) -> crate::Result<()> {
+        match action {
+            Action::AppendConfiguration { id, conf } => {
+                let mut data = Vec::new();
+                conf.encode(&mut data);
+                let entry = LogEntry::new(id, EntryType::Configuration, Bytes::from(data));
+                return parts.log.append_entries(vec![entry]);
+            }
+            Action::ReadReady { ctx, index } => {
+                let dones = self.st.reads_asked.remove(&ctx).unwrap_or_default();
+                parts.fsm.read_when_applied(index, dones);
+            }
+            Action::RejectRead { ctx, error } => {
+                let dones = self.st.reads_asked.remove(&ctx).unwrap_or_default();
+                dones.into_iter().for_each(|d| d(Err(error.clone())));
+            }
+            Action::TransferDone { to, result } => {
+                let (done, keep) = std::mem::take(&mut self.st.transfers)
+                    .into_iter()
+                    .partition::<Vec<_>, _>(|(p, _)| *p == to);
+                self.st.transfers = keep;
+                done.into_iter().for_each(|(_, d)| d(result.clone()));
+            }
+            Action::ConfChangeDone { ctx, result } => {
+                if let Some(done) = self.st.changes.remove(&ctx) {
+                    done(result);
+                }
+            }
+            Action::CompactLog { upto } => {
+                if upto >= parts.log.first_log_index() {
+                    return parts.log.truncate_prefix(upto + 1);
+                }
+            }
+            Action::InstallSnapshot { from, last, conf } => {
+                self.install_snapshot(parts, from, last, conf);
+            }
+            other => {
+                return Err(RaftError::invalid(format!("unexpected action {other:?}")));
+            }
+        }
+        Ok(())
     }
 
     /// Appends the proposed tasks as entries `first_index..=last.index` and registers their
@@ -412,14 +589,37 @@ impl Shell<'_> {
 
     fn finish_snapshot(&mut self, parts: &Parts, result: crate::Result<SnapshotMeta>) {
         self.st.snapshot_running = false;
-        let result = result.and_then(|meta| parts.compact(&meta).map(|_| meta));
+        let result = result.and_then(|meta| {
+            parts
+                .log
+                .set_snapshot(meta.last_included, meta.conf.clone())
+                .map(|_| meta)
+        });
         match &result {
-            Ok(meta) => slog::info!(self.shared.logger, "snapshot saved";
-                "last_included" => %meta.last_included),
+            Ok(meta) => {
+                slog::info!(self.shared.logger, "snapshot saved";
+                    "last_included" => %meta.last_included);
+                // The core decides how much of the log the snapshot lets go (CompactLog).
+                let ev = Event::SnapshotSaved {
+                    last: meta.last_included,
+                    conf: &meta.conf,
+                };
+                self.step(parts, ev, Ctx::None);
+            }
             Err(e) => slog::warn!(self.shared.logger, "snapshot failed"; "error" => %e),
         }
         for done in self.st.saving.drain(..) {
             done(result.as_ref().map(|_| ()).map_err(Clone::clone));
+        }
+    }
+
+    /// Follower: the core accepted the leader's offer of the snapshot ending at `last`; the
+    /// snapshot queue copies it (`install.rs`).
+    fn install_snapshot(&mut self, parts: &Parts, from: PeerId, last: LogId, conf: Configuration) {
+        let start = SnapshotIo::Start { from, last, conf };
+        if parts.snapshot_io.submit(start).is_err() {
+            self.shared
+                .submit(NodeEvent::SnapshotInstalled(last, false));
         }
     }
 
@@ -447,6 +647,7 @@ impl Shell<'_> {
             .drain(..)
             .for_each(|t| t.fail(failure.clone()));
         parts.closures.fail_all(&failure);
+        self.st.fail_requests(&failure);
         let _ = parts.fsm.on_error(error);
     }
 }

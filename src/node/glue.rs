@@ -15,7 +15,6 @@ use crate::log_manager::LogManager;
 use crate::log_storage::LogStorage;
 use crate::meta_storage::RaftMetaStorage;
 use crate::pool::PoolHandle;
-use crate::snapshot::SnapshotMeta;
 use crate::state_machine::LeaderChangeContext;
 use crate::types::{Configuration, LogEntry, LogId};
 
@@ -129,18 +128,6 @@ impl Parts {
     /// Queues term and vote for the meta writer.
     pub(crate) fn persist_hard_state(&self, hs: HardState) -> Result<()> {
         self.meta.submit(hs).map_err(|r| r.error)
-    }
-
-    /// Records a saved snapshot with the log manager and compacts the log behind it, keeping
-    /// `snapshot_log_margin` entries for followers that are slightly behind.
-    pub(crate) fn compact(&self, meta: &SnapshotMeta) -> Result<()> {
-        let last = meta.last_included;
-        self.log.set_snapshot(last, meta.conf.clone())?;
-        let keep_from = last.index.saturating_sub(self.limits.snapshot_log_margin) + 1;
-        if keep_from > self.log.first_log_index() {
-            self.log.truncate_prefix(keep_from)?;
-        }
-        Ok(())
     }
 
     /// Tells the state machine when the followed leader changes.

@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 
 use super::event::{run_batch, NodeEvent, ShellState};
 use super::glue::{start_meta_writer, FsmToNode, LogSource, NoSync};
+use super::install::{SnapshotIo, SnapshotIoState};
 use super::options::NodeOptions;
 use super::replicator::{ReplicatorEnv, ReplicatorGroup};
 use super::timers::CoreTimers;
@@ -49,7 +50,6 @@ pub(crate) struct Limits {
     pub entry_bytes_max: usize,
     pub unsynced_bytes_max: usize,
     pub apply_queue_capacity: usize,
-    pub snapshot_log_margin: u64,
 }
 
 /// The components a node is made of, built by init.
@@ -65,6 +65,8 @@ pub(crate) struct Parts {
     pub server: Arc<Server>,
     pub caller: Caller,
     pub caller_queue: ExecQueue<Completion>,
+    /// Snapshot file work on the disk pool: serving GetFile, copying an install.
+    pub snapshot_io: ExecQueue<SnapshotIo>,
     pub limits: Limits,
     pub following: Mutex<Option<LeaderChangeContext>>,
     pub _dir_lock: DirLock,
@@ -186,6 +188,7 @@ fn init_steps(shared: &Arc<NodeShared>, mut opts: NodeOptions, undo: &mut Undo) 
     let (hard_state, meta) = step11_meta(&mut cx, &opts)?;
     let (caller, caller_queue) = Caller::start(&cx.runtime.raft_pool(), "node-rpc");
     let replicators = step12_replicators(&cx, &opts, &core_opts, &log, &server, &caller);
+    let snapshot_io = start_snapshot_io(&mut cx, &snapshots, &server, &caller);
     let init = InitialState {
         hard_state,
         configurations,
@@ -205,11 +208,11 @@ fn init_steps(shared: &Arc<NodeShared>, mut opts: NodeOptions, undo: &mut Undo) 
         server,
         caller,
         caller_queue,
+        snapshot_io,
         limits: Limits {
             entry_bytes_max: opts.entry_bytes_max,
             unsynced_bytes_max: opts.unsynced_bytes_max,
             apply_queue_capacity: opts.apply_queue_capacity,
-            snapshot_log_margin: opts.snapshot_log_margin,
         },
         following: Mutex::new(None),
         _dir_lock: dir_lock,
@@ -285,6 +288,9 @@ fn step4_leases(cx: &Ctx<'_>, opts: &NodeOptions) -> Result<CoreOptions> {
     core_opts.max_clock_drift_ms = opts.max_clock_drift_ms;
     core_opts.heartbeat_interval_ms = opts.heartbeat_interval_ms();
     core_opts.max_inflight_appends = opts.inflight_appends_max;
+    core_opts.catchup_margin = opts.catchup_margin;
+    core_opts.snapshot_log_margin = opts.snapshot_log_margin;
+    core_opts.lease_reads = opts.lease_reads;
     core_opts.validate()?;
     trace(
         cx.shared,
@@ -496,6 +502,30 @@ fn step12_replicators(
     group
 }
 
+/// The node's snapshot queue on the disk pool (part of step 12: braft's replicators carry
+/// snapshot installs).
+fn start_snapshot_io(
+    cx: &mut Ctx<'_>,
+    storage: &Arc<SnapshotStorage>,
+    server: &Arc<Server>,
+    caller: &Caller,
+) -> ExecQueue<SnapshotIo> {
+    let state = SnapshotIoState::new(
+        cx.weak.clone(),
+        storage.clone(),
+        server.clone(),
+        caller.clone(),
+        cx.logger.clone(),
+    );
+    let queue = super::install::start_queue(&cx.runtime.disk_pool(), state, &cx.logger);
+    let q = queue.clone();
+    cx.undo.push(move || {
+        q.stop();
+        q.join();
+    });
+    queue
+}
+
 /// 13. The core, a follower; the node is assembled.
 fn step13_core(
     cx: &Ctx<'_>,
@@ -628,6 +658,8 @@ pub(crate) fn join(shared: &Arc<NodeShared>) {
             parts.log.join();
             parts.meta.stop();
             parts.meta.join();
+            parts.snapshot_io.stop();
+            parts.snapshot_io.join();
             parts.caller_queue.stop();
             parts.caller_queue.join();
             wait_unshared(parts);

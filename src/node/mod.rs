@@ -12,10 +12,12 @@
 //! Lock order: `NodeShared::state` -> `NodeShared::core`; neither is held across IO or a call
 //! into another component.
 
+mod admin;
 mod apply;
 mod event;
 mod glue;
 mod init;
+mod install;
 pub mod options;
 mod replicator;
 mod status;
@@ -253,6 +255,22 @@ impl Node {
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Node({} {})", self.shared.group, self.shared.peer)
+    }
+}
+
+impl Node {
+    /// Answers a FileService `GetFile` for this node's snapshot (on its snapshot queue).
+    pub(crate) fn serve_file(&self, req: crate::rpc::Request) {
+        match self.shared.parts() {
+            Some(parts) => {
+                if let Err(rejected) = parts.snapshot_io.submit(install::SnapshotIo::Serve(req)) {
+                    if let install::SnapshotIo::Serve(req) = rejected.item {
+                        req.responder.respond(Err(rejected.error));
+                    }
+                }
+            }
+            None => req.responder.respond(Err(RaftError::Stopped)),
+        }
     }
 }
 

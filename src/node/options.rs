@@ -51,6 +51,10 @@ pub struct NodeOptions {
     pub inflight_appends_max: usize,
     /// A new voter must be within this many entries of the leader before it is added.
     pub catchup_margin: u64,
+    /// Serve `read_index` from the leader lease while it is valid (no heartbeat round).
+    /// Safe while clocks drift apart by at most `max_clock_drift_ms` per election timeout;
+    /// turn it off to confirm every read with a quorum round. Default on.
+    pub lease_reads: bool,
     /// The threads to run on (default: the process-wide runtime).
     pub runtime: Option<Runtime>,
     /// The file layer (default: the real file system; tests pass a FaultFs).
@@ -84,6 +88,7 @@ impl NodeOptions {
             append_entries_bytes_max: 2 << 20,
             inflight_appends_max: 64,
             catchup_margin: 1000,
+            lease_reads: true,
             runtime: None,
             fs: RealFs::shared(),
             seed: None,

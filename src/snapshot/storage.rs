@@ -18,6 +18,9 @@ use crate::fs::{self, FileSystem, OpenOptions};
 use crate::types::{Configuration, LogId};
 
 const TEMP_DIR: &str = "temp";
+/// Where a snapshot copied from the leader is assembled (apart from local saves, which may
+/// run at the same time).
+const INSTALL_DIR: &str = "install";
 const PREFIX: &str = "snapshot_";
 /// Chunk size for checksumming user files.
 const CHUNK_BYTES: usize = 1 << 20;
@@ -66,11 +69,14 @@ impl SnapshotStorage {
             fs.create_dir_all(dir)?;
             fs.sync_dir(&fs::parent_dir(dir)?)?;
         }
-        let temp = dir.join(TEMP_DIR);
-        if fs.exists(&temp) {
-            slog::info!(logger, "removing an unfinished snapshot"; "path" => %temp.display());
-            fs.remove_dir_all(&temp)?;
-            fs.sync_dir(dir)?;
+        for unfinished in [TEMP_DIR, INSTALL_DIR] {
+            let temp = dir.join(unfinished);
+            if fs.exists(&temp) {
+                slog::info!(logger, "removing an unfinished snapshot";
+                    "path" => %temp.display());
+                fs.remove_dir_all(&temp)?;
+                fs.sync_dir(dir)?;
+            }
         }
         Ok(SnapshotStorage {
             fs,
@@ -92,7 +98,16 @@ impl SnapshotStorage {
 
     /// Starts a new snapshot in a fresh `temp/` directory.
     pub fn create_writer(&self) -> Result<SnapshotWriter> {
-        let temp = self.dir.join(TEMP_DIR);
+        self.writer_in(TEMP_DIR)
+    }
+
+    /// Starts a snapshot copied from another peer, in a directory of its own.
+    pub fn create_install_writer(&self) -> Result<SnapshotWriter> {
+        self.writer_in(INSTALL_DIR)
+    }
+
+    fn writer_in(&self, name: &str) -> Result<SnapshotWriter> {
+        let temp = self.dir.join(name);
         if self.fs.exists(&temp) {
             self.fs.remove_dir_all(&temp)?;
         }
@@ -127,6 +142,38 @@ impl SnapshotStorage {
         *self.last.lock() = Some(last_included);
         self.remove_older_than(last_included.index)?;
         Ok(meta)
+    }
+
+    /// Reads up to `max_bytes` of file `name` (`None`: the meta file) of the committed
+    /// snapshot ending at `index`, from `offset`; also tells whether the read reached the
+    /// file's end. A snapshot replaced by a newer one is gone: the reader learns it from the
+    /// error and asks for the newer one. Serves the leader side of a remote install.
+    pub fn read_chunk(
+        &self,
+        index: u64,
+        name: Option<&str>,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<(Vec<u8>, bool)> {
+        let name = match name {
+            Some(n) => {
+                check_file_name(n)?;
+                n
+            }
+            None => META_FILE,
+        };
+        let path = self.dir.join(snapshot_name(index)).join(name);
+        if !self.fs.exists(&path) {
+            return Err(RaftError::invalid(format!(
+                "snapshot {index} has no file {name:?} here (replaced by a newer one?)"
+            )));
+        }
+        let file = self.fs.open(&path, OpenOptions::READ)?;
+        let size = file.size()?;
+        let n = size.saturating_sub(offset).min(max_bytes as u64) as usize;
+        let mut buf = vec![0u8; n];
+        fs::read_exact_at(&*file, &mut buf, offset)?;
+        Ok((buf, offset + n as u64 >= size))
     }
 
     /// The newest snapshot that verifies (meta checksum, every file's size and checksum).
@@ -243,6 +290,15 @@ impl SnapshotWriter {
             },
         )?;
         fs::write_all_at(&*file, contents, 0)?;
+        self.add_file(name)
+    }
+
+    /// Writes `data` at `offset` of file `name` (created if new) and records the file: how a
+    /// snapshot copied in chunks is assembled.
+    pub fn write_at(&mut self, name: &str, data: &[u8], offset: u64) -> Result<()> {
+        check_file_name(name)?;
+        let file = self.fs.open(&self.temp.join(name), OpenOptions::CREATE)?;
+        fs::write_all_at(&*file, data, offset)?;
         self.add_file(name)
     }
 

@@ -58,6 +58,8 @@ pub struct Cluster {
     pub members: Vec<Member>,
     pub seed: u64,
     pub memory_log: bool,
+    /// The first configuration: every member but the spares.
+    pub initial: Configuration,
 }
 
 /// Options of a cluster.
@@ -69,6 +71,10 @@ pub struct ClusterOptions {
     pub snapshot_log_margin: u64,
     pub seed: u64,
     pub apply_queue_capacity: Option<usize>,
+    /// The last `spares` members start outside the configuration (an empty initial
+    /// configuration: they wait to be added).
+    pub spares: usize,
+    pub lease_reads: bool,
 }
 
 impl ClusterOptions {
@@ -83,6 +89,8 @@ impl ClusterOptions {
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(42),
             apply_queue_capacity: None,
+            spares: 0,
+            lease_reads: true,
         }
     }
 }
@@ -134,16 +142,24 @@ impl Cluster {
             members,
             seed: opts.seed,
             memory_log: opts.memory_log,
+            initial: Configuration::default(),
         };
-        let conf = c.conf();
+        let voters = opts.nodes - opts.spares;
+        c.initial = Configuration::new(c.members[..voters].iter().map(|m| m.peer));
         for i in 0..opts.nodes {
-            c.start_node_with(i, conf.clone(), &opts).expect("init");
+            let conf = if i < voters {
+                c.initial.clone()
+            } else {
+                Configuration::default()
+            };
+            c.start_node_with(i, conf, &opts).expect("init");
         }
         c
     }
 
+    /// The first configuration of the group.
     pub fn conf(&self) -> Configuration {
-        Configuration::new(self.members.iter().map(|m| m.peer))
+        self.initial.clone()
     }
 
     pub fn node_options(&self, i: usize, conf: Configuration, o: &ClusterOptions) -> NodeOptions {
@@ -157,6 +173,7 @@ impl Cluster {
         opts.runtime = Some(self.rt.clone());
         opts.fs = self.fs.shared() as Arc<dyn FileSystem>;
         opts.seed = Some(self.seed.wrapping_add(i as u64));
+        opts.lease_reads = o.lease_reads;
         if let Some(cap) = o.apply_queue_capacity {
             opts.apply_queue_capacity = cap;
         }
@@ -245,7 +262,8 @@ impl Cluster {
             .collect()
     }
 
-    /// Waits until exactly one running node leads and every running node agrees on it.
+    /// Waits until exactly one running node leads and every running member of its
+    /// configuration agrees on it.
     pub fn wait_leader(&self, within: Duration) -> usize {
         let mut found = None;
         wait_for(
@@ -258,7 +276,11 @@ impl Cluster {
                 }
                 let l = leaders[0];
                 let lp = self.members[l].peer;
-                let agreed = self.running().all(|(_, n)| n.leader_id() == Some(lp));
+                let conf = self.node(l).configuration();
+                let agreed = self
+                    .running()
+                    .filter(|(i, _)| conf.contains(&self.members[*i].peer))
+                    .all(|(_, n)| n.leader_id() == Some(lp));
                 if agreed {
                     found = Some(l);
                 }

@@ -1,0 +1,160 @@
+//! The node's API beyond `apply`: linearizable reads ([`Node::read_index`]), the leader
+//! lease, leader transfer and membership changes. Each call only enqueues on the node's
+//! queue; the core decides, and the completion runs once with the outcome (reads on the fsm
+//! pool after the state machine caught up, the others on the raft pool). The `*_wait`
+//! forms block the calling thread for synchronous callers; never call them from a state
+//! machine callback.
+
+use crossbeam::channel;
+
+use super::event::{NodeEvent, PeerChange};
+use super::timers::now_ms;
+use super::{active, Node};
+use crate::error::{RaftError, Result};
+use crate::types::{Configuration, PeerId};
+
+/// Blocks until a completion fills `rx`; a completion dropped unrun means the node stopped.
+fn wait<T>(rx: channel::Receiver<Result<T>>) -> Result<T> {
+    rx.recv().unwrap_or(Err(RaftError::Stopped))
+}
+
+impl Node {
+    /// A linearizable read barrier. `done` runs on the fsm pool once this node, as leader,
+    /// has confirmed its leadership after the call (a heartbeat round acknowledged by a
+    /// quorum, or the leader lease when valid and `lease_reads` is on) and its state machine
+    /// has applied every entry committed before the call. `done` gets the applied index;
+    /// reading the state machine from `done` (or after it) sees every write acknowledged
+    /// before the call. Fails with `NotLeader { leader }` off the leader or if leadership is
+    /// lost first, `Stopped` at shutdown. Reads arriving together share one round.
+    pub fn read_index(&self, done: impl FnOnce(Result<u64>) + Send + 'static) {
+        if let Err(e) = active(&self.shared) {
+            return done(Err(e));
+        }
+        self.shared.submit(NodeEvent::Read(Box::new(done)));
+    }
+
+    /// [`Node::read_index`], blocking until the read may be served.
+    pub fn read_index_wait(&self) -> Result<u64> {
+        let (tx, rx) = channel::bounded(1);
+        self.read_index(move |r| {
+            let _ = tx.send(r);
+        });
+        wait(rx)
+    }
+
+    /// True while this node leads with a valid lease: a quorum acknowledged it recently
+    /// enough that no other leader can exist yet (clocks within `max_clock_drift_ms`). A
+    /// read served locally while this holds is linearizable, without a round trip; braft's
+    /// `is_leader_lease_valid`.
+    pub fn is_leader_lease_valid(&self) -> bool {
+        if active(&self.shared).is_err() {
+            return false;
+        }
+        let now = now_ms();
+        let mut core = self.shared.core.lock();
+        core.as_mut()
+            .and_then(|c| c.leader_lease_until_ms())
+            .is_some_and(|until| now < until)
+    }
+
+    /// Hands leadership to the voter `peer`: proposals answer `Busy` meanwhile, `peer` is
+    /// brought up to date and told to campaign. `done` gets `Ok` once leadership left this
+    /// node, `Timeout` if `peer` did not take over within an election timeout (this node
+    /// leads on), `NotLeader`, `Invalid` (not a voter) or `Busy` (a transfer or
+    /// configuration change runs).
+    pub fn transfer_leadership_to(
+        &self,
+        peer: PeerId,
+        done: impl FnOnce(Result<()>) + Send + 'static,
+    ) {
+        if let Err(e) = active(&self.shared) {
+            return done(Err(e));
+        }
+        self.shared
+            .submit(NodeEvent::Transfer(peer, Box::new(done)));
+    }
+
+    /// [`Node::transfer_leadership_to`], blocking for the outcome.
+    pub fn transfer_leadership_to_wait(&self, peer: PeerId) -> Result<()> {
+        let (tx, rx) = channel::bounded(1);
+        self.transfer_leadership_to(peer, move |r| {
+            let _ = tx.send(r);
+        });
+        wait(rx)
+    }
+
+    /// Moves the group to `conf` (voters and learners) by joint consensus: new voters first
+    /// catch up to within `catchup_margin` entries, then `C_old,new` and `C_new` commit in
+    /// turn. `done` gets `Ok` once `conf` is committed; `Busy` while another change or a
+    /// transfer runs, or before this leader's first commit; `Timeout` if a new voter stops
+    /// catching up; `NotLeader` off the leader. A leader not in `conf` steps down once it
+    /// commits.
+    pub fn change_peers(
+        &self,
+        conf: Configuration,
+        done: impl FnOnce(Result<()>) + Send + 'static,
+    ) {
+        self.change(PeerChange::Set(conf), Box::new(done));
+    }
+
+    /// Adds `peer` as a voter (a learner already present is promoted); see
+    /// [`Node::change_peers`].
+    pub fn add_peer(&self, peer: PeerId, done: impl FnOnce(Result<()>) + Send + 'static) {
+        self.change(PeerChange::AddVoter(peer), Box::new(done));
+    }
+
+    /// Adds `peer` as a learner (it receives every entry, never votes or counts).
+    pub fn add_learner(&self, peer: PeerId, done: impl FnOnce(Result<()>) + Send + 'static) {
+        self.change(PeerChange::AddLearner(peer), Box::new(done));
+    }
+
+    /// Removes `peer`, voter or learner; see [`Node::change_peers`].
+    pub fn remove_peer(&self, peer: PeerId, done: impl FnOnce(Result<()>) + Send + 'static) {
+        self.change(PeerChange::Remove(peer), Box::new(done));
+    }
+
+    /// [`Node::change_peers`], blocking for the outcome.
+    pub fn change_peers_wait(&self, conf: Configuration) -> Result<()> {
+        self.change_wait(PeerChange::Set(conf))
+    }
+
+    /// [`Node::add_peer`], blocking for the outcome.
+    pub fn add_peer_wait(&self, peer: PeerId) -> Result<()> {
+        self.change_wait(PeerChange::AddVoter(peer))
+    }
+
+    /// [`Node::add_learner`], blocking for the outcome.
+    pub fn add_learner_wait(&self, peer: PeerId) -> Result<()> {
+        self.change_wait(PeerChange::AddLearner(peer))
+    }
+
+    /// [`Node::remove_peer`], blocking for the outcome.
+    pub fn remove_peer_wait(&self, peer: PeerId) -> Result<()> {
+        self.change_wait(PeerChange::Remove(peer))
+    }
+
+    /// The configuration in force on this node (the newest in its log, committed or not).
+    pub fn configuration(&self) -> Configuration {
+        self.shared
+            .with_core(|c| c.configuration().clone())
+            .unwrap_or_default()
+    }
+
+    fn change(&self, change: PeerChange, done: crate::state_machine::Done) {
+        if let Err(e) = active(&self.shared) {
+            return done(Err(e));
+        }
+        self.shared.submit(NodeEvent::ChangePeers(change, done));
+    }
+
+    fn change_wait(&self, change: PeerChange) -> Result<()> {
+        let (tx, rx) = channel::bounded(1);
+        self.change(
+            change,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        wait(rx)
+    }
+}

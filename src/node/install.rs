@@ -1,0 +1,414 @@
+//! Remote snapshot install (braft's FileService and snapshot copier). The leader serves the
+//! files of its snapshot in chunks (`GetFile`); a follower that its core told to install
+//! copies them into its snapshot storage, checks each file's size and CRC-32C against the
+//! leader's meta as the bytes arrive, commits the snapshot (durable before it is used),
+//! loads it into the state machine, and then the node restarts its log after it.
+//!
+//! All file IO runs on the node's snapshot queue on the disk pool, never on an IO, timer or
+//! raft thread; a network answer only enqueues the next step there. One copy at a time (the
+//! core orders at most one install); a failed or superseded copy is aborted, its files
+//! removed, and the core told, which offers the snapshot again later. A snapshot the leader
+//! replaced during the copy is gone: the copy fails and the next offer names the new one.
+//!
+//! `GetFile` body: `group | owner PeerId | snapshot index u64 | name (u32 length + bytes;
+//! empty: the meta file) | offset u64 | max bytes u32`; answer: `eof u8 | data`.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::event::NodeEvent;
+use super::NodeShared;
+use crate::error::{RaftError, Result};
+use crate::exec_queue::{Batch, ExecQueue, ExecQueueOptions};
+use crate::pool::PoolHandle;
+use crate::rpc::{Caller, Method, Request, Server};
+use crate::snapshot::{SnapshotMeta, SnapshotStorage, SnapshotWriter};
+use crate::types::codec::{put_bytes32, put_u32, put_u64, put_u8, Reader};
+use crate::types::{Configuration, GroupId, LogId, PeerId};
+
+/// Bytes asked for per `GetFile` (well below the frame limit).
+pub(crate) const CHUNK_BYTES: usize = 256 * 1024;
+/// How long one `GetFile` may take before the copy fails.
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One job of the node's snapshot queue.
+pub(crate) enum SnapshotIo {
+    /// Leader: answer a `GetFile` request.
+    Serve(Request),
+    /// Follower: copy the snapshot ending at `last` from the leader `from`.
+    Start {
+        from: PeerId,
+        last: LogId,
+        conf: Configuration,
+    },
+    /// Follower: an answer to a `GetFile` of copy number `copy`.
+    Chunk { copy: u64, result: Result<Bytes> },
+}
+
+/// A copy in progress.
+struct Copy {
+    number: u64,
+    from: PeerId,
+    last: LogId,
+    conf: Configuration,
+    writer: Option<SnapshotWriter>,
+    /// The leader's meta file, as it arrives; then decoded.
+    meta_bytes: Vec<u8>,
+    meta: Option<SnapshotMeta>,
+    /// The file being fetched (an index into `meta.files`), how far, and its CRC so far.
+    file: usize,
+    offset: u64,
+    crc: u32,
+}
+
+/// What the snapshot queue's consumer owns.
+pub(crate) struct SnapshotIoState {
+    pub shared: Weak<NodeShared>,
+    pub storage: Arc<SnapshotStorage>,
+    pub server: Arc<Server>,
+    pub caller: Caller,
+    pub group: GroupId,
+    pub logger: slog::Logger,
+    copy: Option<Copy>,
+    copies: u64,
+}
+
+/// Encodes a `GetFile` request.
+fn get_file_body(group: &GroupId, owner: PeerId, index: u64, name: &str, offset: u64) -> Bytes {
+    let mut buf = Vec::with_capacity(64 + name.len());
+    group.encode(&mut buf);
+    owner.encode(&mut buf);
+    put_u64(&mut buf, index);
+    put_bytes32(&mut buf, name.as_bytes());
+    put_u64(&mut buf, offset);
+    put_u32(&mut buf, CHUNK_BYTES as u32);
+    Bytes::from(buf)
+}
+
+/// Serves one `GetFile` from `storage`: the answer's body, or why not.
+fn serve(storage: &SnapshotStorage, body: &[u8]) -> Result<Bytes> {
+    let mut r = Reader::new("GetFile", body);
+    GroupId::decode_str(&mut r)?;
+    PeerId::decode(&mut r)?;
+    let index = r.u64()?;
+    let name = std::str::from_utf8(r.bytes32()?)
+        .map_err(|_| r.error("file name is not utf-8"))?
+        .to_string();
+    let offset = r.u64()?;
+    let max = (r.u32()? as usize).min(CHUNK_BYTES);
+    r.finish()?;
+    let name = (!name.is_empty()).then_some(name.as_str());
+    let (data, eof) = storage.read_chunk(index, name, offset, max)?;
+    let mut out = Vec::with_capacity(1 + data.len());
+    put_u8(&mut out, u8::from(eof));
+    out.extend_from_slice(&data);
+    Ok(Bytes::from(out))
+}
+
+/// Starts a node's snapshot queue on `pool` (the disk pool).
+pub(crate) fn start_queue(
+    pool: &PoolHandle,
+    mut state: SnapshotIoState,
+    logger: &slog::Logger,
+) -> ExecQueue<SnapshotIo> {
+    let opts = ExecQueueOptions {
+        logger: logger.clone(),
+        ..ExecQueueOptions::new("snapshot_io")
+    };
+    ExecQueue::start(pool, opts, move |batch: &mut Batch<'_, SnapshotIo>| {
+        if batch.is_stopped() {
+            return state.stop();
+        }
+        for job in batch {
+            state.handle(job);
+        }
+    })
+}
+
+impl SnapshotIoState {
+    /// A consumer state for the snapshot queue of the node `shared`.
+    pub(crate) fn new(
+        shared: Weak<NodeShared>,
+        storage: Arc<SnapshotStorage>,
+        server: Arc<Server>,
+        caller: Caller,
+        logger: slog::Logger,
+    ) -> SnapshotIoState {
+        let group = shared
+            .upgrade()
+            .map(|n| n.group.clone())
+            .unwrap_or_else(|| GroupId::new("-").expect("invariant: a valid group id"));
+        SnapshotIoState {
+            group,
+            shared,
+            storage,
+            server,
+            caller,
+            logger,
+            copy: None,
+            copies: 0,
+        }
+    }
+
+    /// Runs one job.
+    pub(crate) fn handle(&mut self, job: SnapshotIo) {
+        match job {
+            SnapshotIo::Serve(req) => {
+                let answer = serve(&self.storage, &req.body).map(|b| vec![b]);
+                req.responder.respond(answer);
+            }
+            SnapshotIo::Start { from, last, conf } => self.start(from, last, conf),
+            SnapshotIo::Chunk { copy, result } => {
+                if self.copy.as_ref().is_some_and(|c| c.number == copy) {
+                    if let Err(e) = result.and_then(|body| self.on_chunk(&body)) {
+                        self.fail(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The queue stops: a copy in progress is dropped (its directory is removed at the next
+    /// open of the storage); the node is going away, so nobody waits for its outcome.
+    pub(crate) fn stop(&mut self) {
+        if let Some(copy) = self.copy.take() {
+            if let Some(w) = copy.writer {
+                let _ = w.abort();
+            }
+        }
+    }
+
+    fn start(&mut self, from: PeerId, last: LogId, conf: Configuration) {
+        if let Some(old) = self.copy.take() {
+            let last = old.last;
+            self.abort(old);
+            self.report(NodeEvent::SnapshotInstalled(last, false));
+        }
+        let writer = match self.storage.create_install_writer() {
+            Ok(w) => w,
+            Err(e) => {
+                slog::warn!(self.logger, "snapshot install cannot start"; "error" => %e);
+                return self.report(NodeEvent::SnapshotInstalled(last, false));
+            }
+        };
+        self.copies += 1;
+        slog::info!(self.logger, "copying a snapshot"; "from" => %from, "snapshot" => %last);
+        self.copy = Some(Copy {
+            number: self.copies,
+            from,
+            last,
+            conf,
+            writer: Some(writer),
+            meta_bytes: Vec::new(),
+            meta: None,
+            file: 0,
+            offset: 0,
+            crc: 0,
+        });
+        self.request_next();
+    }
+
+    /// Asks the leader for the next chunk, or finishes once every file arrived.
+    fn request_next(&mut self) {
+        let Some(copy) = &self.copy else { return };
+        let name = match &copy.meta {
+            None => "",
+            Some(meta) => match meta.files.get(copy.file) {
+                Some(f) => f.name.as_str(),
+                None => return self.finish(),
+            },
+        };
+        let body = get_file_body(&self.group, copy.from, copy.last.index, name, copy.offset);
+        let (number, weak) = (copy.number, self.shared.clone());
+        self.server.call(
+            &self.caller,
+            copy.from.addr(),
+            Method::GetFile,
+            vec![body],
+            CHUNK_TIMEOUT,
+            move |result| {
+                let Some(parts) = weak.upgrade().and_then(|n| n.parts()) else {
+                    return;
+                };
+                let _ = parts.snapshot_io.submit(SnapshotIo::Chunk {
+                    copy: number,
+                    result,
+                });
+            },
+        );
+    }
+
+    /// Takes one chunk: the meta file first (checked to name the snapshot asked for), then
+    /// each file in turn, its size and CRC checked against the meta at its end.
+    fn on_chunk(&mut self, body: &[u8]) -> Result<()> {
+        let copy = self.copy.as_mut().ok_or(RaftError::Stopped)?;
+        let (&flag, data) = body
+            .split_first()
+            .ok_or_else(|| RaftError::decode("GetFile answer", "empty body"))?;
+        let eof = flag != 0;
+        if data.is_empty() && !eof {
+            return Err(RaftError::decode(
+                "GetFile answer",
+                "no data before the end",
+            ));
+        }
+        copy.offset += data.len() as u64;
+        match &copy.meta {
+            None => {
+                copy.meta_bytes.extend_from_slice(data);
+                if eof {
+                    let label = std::path::Path::new("leader snapshot meta");
+                    let meta = SnapshotMeta::decode(&copy.meta_bytes, label)?;
+                    if meta.last_included != copy.last {
+                        return Err(RaftError::invalid(format!(
+                            "the leader's snapshot is {}, not {}",
+                            meta.last_included, copy.last
+                        )));
+                    }
+                    copy.meta = Some(meta);
+                    copy.offset = 0;
+                }
+            }
+            Some(meta) => {
+                let file = &meta.files[copy.file];
+                let writer = copy.writer.as_mut().ok_or(RaftError::Stopped)?;
+                writer.write_at(&file.name, data, copy.offset - data.len() as u64)?;
+                copy.crc = crc32c::crc32c_append(copy.crc, data);
+                if eof {
+                    if copy.offset != file.size || copy.crc != file.crc {
+                        return Err(RaftError::Corruption {
+                            file: file.name.clone().into(),
+                            offset: 0,
+                            reason: format!(
+                                "copied {} bytes crc {:#010x}, the leader's meta says {} bytes \
+                                 crc {:#010x}",
+                                copy.offset, copy.crc, file.size, file.crc
+                            ),
+                        });
+                    }
+                    copy.file += 1;
+                    (copy.offset, copy.crc) = (0, 0);
+                }
+            }
+        }
+        self.request_next();
+        Ok(())
+    }
+
+    /// Every file arrived: commit the snapshot durably, then load it into the state machine.
+    fn finish(&mut self) {
+        let Some(mut copy) = self.copy.take() else {
+            return;
+        };
+        let Some(writer) = copy.writer.take() else {
+            return;
+        };
+        let (last, conf) = (copy.last, copy.conf.clone());
+        let reader = self
+            .storage
+            .commit(writer, last, conf.clone())
+            .and_then(|_| self.storage.newest())
+            .and_then(|r| r.ok_or(RaftError::Stopped));
+        let (reader, parts) = match (reader, self.shared.upgrade().and_then(|n| n.parts())) {
+            (Ok(r), Some(p)) => (r, p),
+            (Err(e), _) => return self.fail_copy(last, e),
+            (_, None) => return,
+        };
+        let weak = self.shared.clone();
+        parts.fsm.load_snapshot(
+            reader,
+            Box::new(move |result| {
+                if let Some(node) = weak.upgrade() {
+                    node.submit(NodeEvent::InstallLoaded(last, conf, result));
+                }
+            }),
+        );
+    }
+
+    fn fail(&mut self, e: RaftError) {
+        if let Some(copy) = self.copy.take() {
+            let last = copy.last;
+            self.abort(copy);
+            self.fail_copy(last, e);
+        }
+    }
+
+    fn fail_copy(&mut self, last: LogId, e: RaftError) {
+        slog::warn!(self.logger, "snapshot install failed"; "snapshot" => %last, "error" => %e);
+        self.report(NodeEvent::SnapshotInstalled(last, false));
+    }
+
+    fn abort(&self, mut copy: Copy) {
+        if let Some(w) = copy.writer.take() {
+            if let Err(e) = w.abort() {
+                slog::warn!(self.logger, "could not remove an aborted snapshot copy";
+                    "error" => %e);
+            }
+        }
+    }
+
+    fn report(&self, ev: NodeEvent) {
+        if let Some(node) = self.shared.upgrade() {
+            node.submit(ev);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::RealFs;
+    use crate::logging::discard_logger;
+
+    fn storage_with_snapshot(dir: &std::path::Path, state: &[u8]) -> SnapshotStorage {
+        let s = SnapshotStorage::open(RealFs::shared(), dir, discard_logger()).unwrap();
+        let mut w = s.create_writer().unwrap();
+        w.write_file("state", state).unwrap();
+        let conf = Configuration::parse_voters("127.0.0.1:1:0").unwrap();
+        s.commit(w, LogId::new(7, 2), conf).unwrap();
+        s
+    }
+
+    fn ask(s: &SnapshotStorage, index: u64, name: &str, offset: u64) -> Result<(bool, Vec<u8>)> {
+        let group = GroupId::new("g").unwrap();
+        let owner: PeerId = "127.0.0.1:1:0".parse().unwrap();
+        let body = get_file_body(&group, owner, index, name, offset);
+        let answer = serve(s, &body)?;
+        Ok((answer[0] != 0, answer[1..].to_vec()))
+    }
+
+    #[test]
+    fn files_are_served_in_chunks_with_the_end_marked() {
+        let dir = tempfile::tempdir().unwrap();
+        let state: Vec<u8> = (0..CHUNK_BYTES + 1000).map(|i| i as u8).collect();
+        let s = storage_with_snapshot(dir.path(), &state);
+        let (eof, first) = ask(&s, 7, "state", 0).unwrap();
+        assert!(!eof);
+        assert_eq!(first.len(), CHUNK_BYTES);
+        let (eof, rest) = ask(&s, 7, "state", CHUNK_BYTES as u64).unwrap();
+        assert!(eof);
+        assert_eq!([first, rest].concat(), state);
+        let (eof, meta) = ask(&s, 7, "", 0).unwrap();
+        assert!(eof, "the meta is small");
+        let meta = SnapshotMeta::decode(&meta, std::path::Path::new("meta")).unwrap();
+        assert_eq!(meta.last_included, LogId::new(7, 2));
+        assert_eq!(meta.files[0].size, state.len() as u64);
+    }
+
+    #[test]
+    fn a_missing_snapshot_a_bad_name_and_garbage_get_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = storage_with_snapshot(dir.path(), b"x");
+        let gone = ask(&s, 6, "state", 0).unwrap_err();
+        assert!(
+            gone.to_string().contains("replaced by a newer one"),
+            "{gone}"
+        );
+        let escape = ask(&s, 7, "../snapshot_00000000000000000007", 0).unwrap_err();
+        assert!(matches!(escape, RaftError::Invalid { .. }), "{escape}");
+        let garbage = serve(&s, b"\x01\x02").unwrap_err();
+        assert!(matches!(garbage, RaftError::Decode { .. }), "{garbage}");
+    }
+}

@@ -1,0 +1,162 @@
+//! Reads, leader transfer and membership changes on real nodes over loopback TCP (the
+//! harness is tests/cluster): what a user calling `read_index`, `transfer_leadership_to` and
+//! `add_peer` / `remove_peer` sees.
+
+mod cluster;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use cluster::{election_bound, Cluster, ClusterOptions};
+use traft::RaftError;
+
+const WITHIN: Duration = Duration::from_secs(10);
+
+/// Reads `read_index` on node `i` and, if it answers, what its state machine holds then.
+fn read_on(c: &Cluster, i: usize) -> Result<Vec<Bytes>, RaftError> {
+    let kv = c.members[i].kv.clone();
+    let (tx, rx) = crossbeam::channel::bounded(1);
+    c.node(i).read_index(move |r| {
+        // On the fsm pool, after the state machine applied the read index.
+        let _ = tx.send(r.map(|_| kv.data()));
+    });
+    rx.recv_timeout(WITHIN).unwrap_or(Err(RaftError::Timeout))
+}
+
+/// Issue 9: a read after an acknowledged write sees it, on any node that answers. Followers
+/// answer `NotLeader` with the leader to ask; the leader answers after applying the write.
+/// Run with the lease (the default) and with a quorum round for every read.
+#[test]
+fn a_read_after_an_acknowledged_write_sees_it_on_any_node_that_answers() {
+    for lease_reads in [true, false] {
+        let mut o = ClusterOptions::new(3);
+        o.lease_reads = lease_reads;
+        let c = Cluster::start(&format!("read_after_write_{lease_reads}"), o);
+        let l = c.wait_leader(election_bound());
+        for k in 0..20 {
+            let w = Bytes::from(format!("w{k}"));
+            c.apply(w.clone(), WITHIN);
+            let mut answered = 0;
+            for i in 0..3 {
+                match read_on(&c, i) {
+                    Ok(seen) => {
+                        answered += 1;
+                        assert!(seen.contains(&w), "node {i} read without {w:?}");
+                    }
+                    Err(RaftError::NotLeader { leader }) => {
+                        assert_ne!(i, l, "the leader refused a read");
+                        assert_eq!(leader, Some(c.members[l].peer), "redirected to the leader");
+                    }
+                    Err(e) => panic!("read on {i}: {e}\n{}", c.describe()),
+                }
+            }
+            assert_eq!(answered, 1, "exactly the leader answers");
+        }
+    }
+}
+
+/// Issue 9: a leader cut off from its group is deposed; a read on it then fails (it cannot
+/// confirm its leadership, and its lease has run out) instead of answering stale data.
+#[test]
+fn read_index_on_a_deposed_leader_fails() {
+    let c = Cluster::start("read_on_deposed_leader", ClusterOptions::new(3));
+    let l = c.wait_leader(election_bound());
+    c.apply(Bytes::from_static(b"before"), WITHIN);
+    let others: Vec<_> = (0..3).filter(|i| *i != l).map(|i| c.addr(i)).collect();
+    c.faults.partition(&[c.addr(l)], &others);
+    c.wait(
+        "the majority elects another leader",
+        election_bound(),
+        || c.leaders().iter().any(|x| *x != l),
+    );
+    let r = read_on(&c, l);
+    assert!(
+        matches!(r, Err(RaftError::NotLeader { .. })),
+        "a deposed leader answered a read: {r:?}\n{}",
+        c.describe()
+    );
+    assert!(!c.node(l).is_leader_lease_valid());
+    c.faults.heal_all();
+}
+
+/// The leader lease is valid on the leader only, and reads under it need no round trip.
+#[test]
+fn the_leader_lease_is_valid_on_the_leader_only() {
+    let c = Cluster::start("leader_lease", ClusterOptions::new(3));
+    let l = c.wait_leader(election_bound());
+    c.apply(Bytes::from_static(b"x"), WITHIN);
+    c.wait("the lease is valid on the leader", WITHIN, || {
+        c.node(l).is_leader_lease_valid()
+    });
+    for i in (0..3).filter(|i| *i != l) {
+        assert!(!c.node(i).is_leader_lease_valid(), "follower {i}");
+    }
+}
+
+/// Leader transfer: the target leads next, nothing committed is lost, and writes go on.
+#[test]
+fn leadership_moves_to_the_chosen_voter_and_writes_go_on() {
+    let c = Cluster::start("transfer", ClusterOptions::new(3));
+    let l = c.wait_leader(election_bound());
+    for k in 0..10 {
+        c.apply(Bytes::from(format!("a{k}")), WITHIN);
+    }
+    let target = (l + 1) % 3;
+    c.node(l)
+        .transfer_leadership_to_wait(c.members[target].peer)
+        .unwrap_or_else(|e| panic!("transfer: {e}\n{}", c.describe()));
+    let now = c.wait_leader(election_bound());
+    assert_eq!(now, target, "{}", c.describe());
+    c.apply(Bytes::from_static(b"after"), WITHIN);
+    c.wait("all apply the same 11 entries", WITHIN, || {
+        c.members.iter().all(|m| m.kv.len() == 11)
+    });
+    let refused = c.node(l).transfer_leadership_to_wait(c.members[l].peer);
+    assert!(
+        matches!(refused, Err(RaftError::NotLeader { .. })),
+        "{refused:?}"
+    );
+}
+
+/// Membership: a new node started outside the configuration is added as a voter, catches up
+/// with everything, and counts; then the leader removes itself, steps down, and the others
+/// go on.
+#[test]
+fn a_new_voter_joins_and_the_leader_removes_itself() {
+    let mut o = ClusterOptions::new(4);
+    o.spares = 1;
+    let c = Cluster::start("membership", o);
+    let l = c.wait_leader(election_bound());
+    assert_ne!(l, 3, "the spare never campaigns");
+    for k in 0..50 {
+        c.apply(Bytes::from(format!("m{k}")), WITHIN);
+    }
+    let new = c.members[3].peer;
+    c.node(l)
+        .add_peer_wait(new)
+        .unwrap_or_else(|e| panic!("add_peer: {e}\n{}", c.describe()));
+    assert!(c.node(l).configuration().voters().contains(&new));
+    c.wait("the new voter holds everything", WITHIN, || {
+        c.members[3].kv.len() == 50
+    });
+    let old = c.members[l].peer;
+    c.node(l)
+        .remove_peer_wait(old)
+        .unwrap_or_else(|e| panic!("remove_peer: {e}\n{}", c.describe()));
+    c.wait("the removed leader steps down", election_bound(), || {
+        !c.node(l).is_leader()
+    });
+    c.wait(
+        "the remaining voters elect a leader",
+        election_bound(),
+        || c.leaders().iter().any(|x| *x != l),
+    );
+    c.apply(Bytes::from_static(b"after"), WITHIN);
+    for i in (0..4).filter(|i| *i != l) {
+        c.wait("the members apply it", WITHIN, || {
+            c.members[i].kv.len() == 51
+        });
+        assert!(!c.node(i).configuration().contains(&old), "node {i}");
+        assert!(c.members[i].kv.violations().is_empty());
+    }
+}
