@@ -17,6 +17,7 @@
 
 pub mod ballot_box;
 pub mod capi;
+pub mod cli;
 pub mod core;
 pub mod error;
 pub mod exec_queue;

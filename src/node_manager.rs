@@ -3,9 +3,10 @@
 //!
 //! RaftService handlers run on the IO threads: they read only the envelope (group and target
 //! peer) to route the body to its node's queue, acknowledge it at the transport level, and
-//! return; decoding, checksum checks and the protocol run on the node's queue. The Stat
-//! service answers with the text status of every node on the server; CliService and
-//! FileService answer `NotSupported` until their issue lands.
+//! return; decoding, checksum checks and the protocol run on the node's queue. FileService
+//! `GetFile` goes to the owning node's snapshot queue on the disk pool; CliService requests
+//! call the node's API, which only enqueues, and answer from its completion (`cli`). The
+//! Stat service answers with the text status of every node on the server.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -38,16 +39,6 @@ const RAFT_METHODS: [Method; 5] = [
     Method::TimeoutNow,
 ];
 
-const UNSUPPORTED: [(Method, &str); 7] = [
-    (Method::AddPeer, "CliService.AddPeer"),
-    (Method::RemovePeer, "CliService.RemovePeer"),
-    (Method::ChangePeers, "CliService.ChangePeers"),
-    (Method::ResetPeer, "CliService.ResetPeer"),
-    (Method::Snapshot, "CliService.Snapshot"),
-    (Method::TransferLeader, "CliService.TransferLeader"),
-    (Method::GetLeader, "CliService.GetLeader"),
-];
-
 impl NodeManager {
     /// The process-wide manager.
     pub fn global() -> &'static NodeManager {
@@ -78,10 +69,8 @@ impl NodeManager {
             let text = NodeManager::global().stat_text(addr);
             req.responder.respond(Ok(vec![Bytes::from(text)]));
         })?;
-        for (m, what) in UNSUPPORTED {
-            server.register(m, move |req: Request| {
-                req.responder.respond(Err(RaftError::NotSupported { what }));
-            })?;
+        for m in crate::cli::METHODS {
+            server.register(m, crate::cli::serve)?;
         }
         Ok(())
     }

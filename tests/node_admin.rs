@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cluster::{election_bound, Cluster, ClusterOptions};
-use traft::RaftError;
+use traft::{GroupId, RaftError};
 
 const WITHIN: Duration = Duration::from_secs(10);
 
@@ -159,4 +159,35 @@ fn a_new_voter_joins_and_the_leader_removes_itself() {
         assert!(!c.node(i).configuration().contains(&old), "node {i}");
         assert!(c.members[i].kv.violations().is_empty());
     }
+}
+
+/// The CliService from another process's point of view: a `CliClient` on a server of its own
+/// finds the leader, adds a voter, moves leadership and asks for a snapshot, all over the
+/// wire.
+#[test]
+fn the_cli_service_administers_the_group_over_the_wire() {
+    let mut o = ClusterOptions::new(4);
+    o.spares = 1;
+    let c = Cluster::start("cli_service", o);
+    let l = c.wait_leader(election_bound());
+    c.apply(Bytes::from_static(b"one"), WITHIN);
+    let mut so = traft::rpc::ServerOptions::new("127.0.0.1:0".parse().unwrap());
+    so.runtime = Some(c.rt.clone());
+    let tool = std::sync::Arc::new(traft::rpc::Server::start(so).expect("tool server"));
+    let cli = traft::cli::CliClient::new(tool.clone(), WITHIN);
+    let conf = c.conf();
+    let leader = cli.get_leader(&c.group, &conf).expect("get_leader");
+    assert_eq!(leader, c.members[l].peer);
+    let new = c.members[3].peer;
+    cli.add_peer(&c.group, &conf, new).expect("add_peer");
+    assert!(c.node(l).configuration().voters().contains(&new));
+    let target = (l + 1) % 3;
+    cli.transfer_leader(&c.group, &conf, c.members[target].peer)
+        .expect("transfer_leader");
+    assert_eq!(c.wait_leader(election_bound()), target);
+    cli.snapshot(&c.group, c.members[target].peer)
+        .expect("snapshot");
+    let bad = cli.add_peer(&GroupId::new("no_such_group").unwrap(), &conf, new);
+    assert!(bad.is_err(), "{bad:?}");
+    tool.shutdown();
 }

@@ -205,7 +205,7 @@ fn a_failed_init_undoes_itself_and_reports_a_clear_error() {
 }
 
 #[test]
-fn add_service_serves_stat_and_answers_cli_and_file_as_not_supported() {
+fn add_service_serves_stat_file_and_cli_and_refuses_bad_requests_clearly() {
     let c = Cluster::start("services", ClusterOptions::new(1));
     c.wait_leader(election_bound());
     let server = &c.members[0].server;
@@ -224,15 +224,16 @@ fn add_service_serves_stat_and_answers_cli_and_file_as_not_supported() {
             || text.contains("role: Leader"),
         "{text}"
     );
-    for m in [Method::AddPeer, Method::TransferLeader] {
-        assert!(
-            matches!(call(m), Err(RaftError::NotSupported { .. })),
-            "{m}"
-        );
+    // FileService and CliService are served: an undecodable request gets a clear error.
+    for m in [
+        Method::GetFile,
+        Method::AddPeer,
+        Method::TransferLeader,
+        Method::GetLeader,
+    ] {
+        let got = call(m);
+        assert!(matches!(got, Err(RaftError::Decode { .. })), "{m}: {got:?}");
     }
-    // The FileService is served: an undecodable request gets a clear error.
-    let got = call(Method::GetFile);
-    assert!(matches!(got, Err(RaftError::Decode { .. })), "{got:?}");
 }
 
 #[test]

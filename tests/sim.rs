@@ -78,7 +78,7 @@ fn summarize(part: u64, reports: &[SimReport], secs: f64) {
     eprintln!(
         "sim part {part}: read batches {}, transfers {} asked / {} moved leadership, \
          configuration changes {} asked / {} committed / {} refused or failed, snapshots {} \
-         saved / {} installed, seeds with 6-7 peers {}",
+         saved / {} installed, seeds with 6-7 peers {}, healed during a joint phase {}",
         sum(|r| r.stats.read_batches),
         sum(|r| r.stats.transfers_asked),
         sum(|r| r.stats.transfers_done),
@@ -88,6 +88,7 @@ fn summarize(part: u64, reports: &[SimReport], secs: f64) {
         sum(|r| r.stats.snapshots_saved),
         sum(|r| r.stats.snapshots_installed),
         reports.iter().filter(|r| r.nodes >= 6).count(),
+        sum(|r| r.stats.healed_in_joint),
     );
 }
 
@@ -225,6 +226,79 @@ fn bug_read_index_before_the_noop_commits_is_caught() {
         ..BugSwitches::default()
     };
     assert_caught("read_before_noop", bugs, true, 100);
+}
+
+/// How many of the first `TRAFT_SIM_SEEDS` seeds (default 200) catch each bug switch, for
+/// docs/TESTING.md. Opt-in: `cargo test --release --all-features --test sim bug_survey --
+/// --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bug_survey() {
+    let seeds = seeds_from_env(0, 200);
+    let switches: [(&str, BugSwitches); 8] = [
+        ("vote_before_persist", vote_bug()),
+        (
+            "commit_previous_term",
+            BugSwitches {
+                commit_previous_term: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "truncate_below_commit",
+            BugSwitches {
+                truncate_below_commit: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "lease_without_drift",
+            BugSwitches {
+                lease_without_drift: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "joint_commit_new_majority_only",
+            BugSwitches {
+                joint_commit_new_majority_only: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "removed_peer_campaigns",
+            BugSwitches {
+                removed_peer_campaigns: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "read_before_noop",
+            BugSwitches {
+                read_before_noop: true,
+                ..Default::default()
+            },
+        ),
+        ("vote_before_persist (no promise check)", vote_bug()),
+    ];
+    for (k, (name, bugs)) in switches.iter().enumerate() {
+        let caught: Vec<u64> = seeds
+            .iter()
+            .copied()
+            .filter(|seed| {
+                let mut opts = SimOptions::new(*seed);
+                opts.bugs = *bugs;
+                opts.promise_checks = k != 7;
+                run(&opts).is_err()
+            })
+            .collect();
+        eprintln!(
+            "survey {name}: caught in {} of {} seeds, first {:?}",
+            caught.len(),
+            seeds.len(),
+            caught.first()
+        );
+    }
 }
 
 /// etcd issue 8243: a peer isolated in an old term while the others' terms rise, healed as

@@ -14,6 +14,7 @@
 //! Rules kept here: one change at a time, none before the term's no-op commits, none while
 //! an earlier configuration entry is uncommitted.
 
+use crate::core::membership::Membership;
 use crate::core::progress::Progress;
 use crate::core::{Action, RaftCore, Role};
 use crate::error::RaftError;
@@ -73,6 +74,40 @@ impl RaftCore {
         self.sync_progress();
         self.bcast_append();
         self.advance_conf_change();
+    }
+
+    /// braft's `reset_peers`: forces `conf` in a new term, without consensus (see
+    /// [`Event::ResetConfiguration`](crate::core::Event::ResetConfiguration)).
+    pub(super) fn handle_reset_configuration(&mut self, ctx: u64, conf: &Configuration) {
+        let done = |result| Action::ConfChangeDone { ctx, result };
+        if conf.is_joint() || conf.voters().is_empty() {
+            let why = format!("a forced configuration must be stable with voters: {conf:?}");
+            self.actions.push(done(Err(RaftError::invalid(why))));
+            return;
+        }
+        if self.conf_change.is_some() || self.installing.is_some() {
+            self.actions.push(done(Err(RaftError::Busy)));
+            return;
+        }
+        slog::warn!(self.logger, "configuration forced without consensus";
+            "from" => ?self.membership.effective(), "to" => ?conf);
+        self.membership = Membership::new(self.log.last_index(), conf.clone());
+        self.conf_forced = true;
+        self.become_follower(self.term + 1, None);
+        self.follower_lease.expire();
+        self.actions.push(done(Ok(())));
+        if conf.is_stable() && conf.voters().len() == 1 && conf.is_voter(&self.opts.id) {
+            self.become_candidate(false); // alone: elect itself at once
+        }
+    }
+
+    /// A new leader whose configuration was forced appends it, so followers learn it.
+    pub(super) fn maybe_log_forced_configuration(&mut self) {
+        if self.conf_forced && self.role == Role::Leader {
+            self.conf_forced = false;
+            let conf = self.membership.effective().clone();
+            self.append_configuration(conf);
+        }
     }
 
     /// Moves the change in progress, and a joint configuration left by an earlier leader,

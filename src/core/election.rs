@@ -114,6 +114,7 @@ impl RaftCore {
         // The no-op of the new term: entries of earlier terms commit through it.
         let (_, noop) = self.log.append_local(1, self.term);
         self.actions.push(Action::AppendNoOp(noop));
+        self.maybe_log_forced_configuration();
         self.bcast_append();
         self.maybe_commit();
     }

@@ -110,6 +110,17 @@ pub enum Event<'a> {
         /// The configuration to reach; must be stable.
         target: &'a Configuration,
     },
+    /// Force this peer's configuration to `conf` without consensus (braft's `reset_peers`):
+    /// for recovery when a majority is lost for good. It takes effect at once in a new term;
+    /// the peer appends it to the log when it next leads. Answered by
+    /// [`Action::ConfChangeDone`]. Safety is given up on purpose: two groups may form if the
+    /// lost peers return with their old configuration.
+    ResetConfiguration {
+        /// The shell's name for the request.
+        ctx: u64,
+        /// The configuration to force; must be stable and have voters.
+        conf: &'a Configuration,
+    },
     /// The state machine's snapshot up to `last` is durable, with `conf` the configuration in
     /// force at `last`. The core may then let the log be compacted ([`Action::CompactLog`]).
     SnapshotSaved {

@@ -102,6 +102,7 @@ impl RaftCore {
             for e in new.iter().filter(|e| e.kind == EntryType::Configuration) {
                 if let Some(conf) = &e.conf {
                     self.membership.on_append(e.id.index, (**conf).clone());
+                    self.conf_forced = false; // a leader's configuration supersedes it
                 }
             }
             self.actions.push(Action::AppendReceived {

@@ -181,6 +181,9 @@ pub struct RaftCore {
     /// This peer stepped down because a committed configuration removed it (only the
     /// `removed_peer_campaigns` bug switch reads it).
     removed: bool,
+    /// The configuration was forced by `ResetConfiguration` and is in no log entry yet: the
+    /// next time this peer leads, it appends it.
+    conf_forced: bool,
 }
 
 impl RaftCore {
@@ -244,6 +247,7 @@ impl RaftCore {
             transfer: None,
             conf_change: None,
             removed: false,
+            conf_forced: false,
         })
     }
 
@@ -287,6 +291,7 @@ impl RaftCore {
             Event::ChangeConfiguration { ctx, target } => {
                 self.handle_change_configuration(ctx, target)
             }
+            Event::ResetConfiguration { ctx, conf } => self.handle_reset_configuration(ctx, conf),
             Event::SnapshotSaved { last, conf } => self.handle_snapshot_saved(last, conf),
             Event::SnapshotInstalled { last, ok } => self.handle_snapshot_installed(last, ok),
         }

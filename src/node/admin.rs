@@ -133,6 +133,29 @@ impl Node {
         self.change_wait(PeerChange::Remove(peer))
     }
 
+    /// Forces this node's configuration to `conf` without consensus (braft's `reset_peers`),
+    /// for recovery when a majority of the group is lost for good: the node starts a new
+    /// term under `conf` (alone in it, it leads at once) and logs `conf` when it leads. Not
+    /// safe if the lost peers come back with their old configuration: use it only on peers
+    /// that will never meet them again. The forced configuration lives in memory until it
+    /// is logged; a restart before that returns to the logged one.
+    pub fn reset_peers(&self, conf: Configuration, done: impl FnOnce(Result<()>) + Send + 'static) {
+        if let Err(e) = active(&self.shared) {
+            return done(Err(e));
+        }
+        self.shared
+            .submit(NodeEvent::ResetPeers(conf, Box::new(done)));
+    }
+
+    /// [`Node::reset_peers`], blocking for the outcome.
+    pub fn reset_peers_wait(&self, conf: Configuration) -> Result<()> {
+        let (tx, rx) = channel::bounded(1);
+        self.reset_peers(conf, move |r| {
+            let _ = tx.send(r);
+        });
+        wait(rx)
+    }
+
     /// The configuration in force on this node (the newest in its log, committed or not).
     pub fn configuration(&self) -> Configuration {
         self.shared

@@ -66,6 +66,8 @@ pub(crate) enum NodeEvent {
     Transfer(PeerId, Done),
     /// A configuration change.
     ChangePeers(PeerChange, Done),
+    /// A configuration forced without consensus (braft's `reset_peers`).
+    ResetPeers(Configuration, Done),
     /// A component failed fatally: enter the error state.
     Fatal(RaftError),
 }
@@ -115,7 +117,8 @@ impl NodeEvent {
             NodeEvent::Apply(task) => task.fail(error.clone()),
             NodeEvent::Snapshot(done)
             | NodeEvent::Transfer(_, done)
-            | NodeEvent::ChangePeers(_, done) => done(Err(error.clone())),
+            | NodeEvent::ChangePeers(_, done)
+            | NodeEvent::ResetPeers(_, done) => done(Err(error.clone())),
             NodeEvent::Read(done) => done(Err(error.clone())),
             _ => {}
         }
@@ -276,6 +279,13 @@ impl Shell<'_> {
                 self.step(parts, Event::TransferLeader { to }, Ctx::None);
             }
             NodeEvent::ChangePeers(change, done) => self.change_peers(parts, change, done),
+            NodeEvent::ResetPeers(conf, done) => {
+                self.st.next_ctx += 1;
+                let ctx = self.st.next_ctx;
+                self.st.changes.insert(ctx, done);
+                let ev = Event::ResetConfiguration { ctx, conf: &conf };
+                self.step(parts, ev, Ctx::None);
+            }
             NodeEvent::Fatal(error) => self.enter_error(parts, error),
         }
     }

@@ -147,6 +147,12 @@ impl World {
             return Ok(());
         }
         self.note(|| "heal: all links, all peers".into());
+        let joint = self.nodes.iter().any(|n| {
+            n.core
+                .as_ref()
+                .is_some_and(|c| c.configuration().is_joint())
+        });
+        self.stats.healed_in_joint = u64::from(joint);
         self.healed_at_us = Some(self.now_us);
         self.catch_up_mark = (u64::MAX, self.now_us + self.params.liveness_bound_us());
         self.net.heal();

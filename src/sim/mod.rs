@@ -135,6 +135,9 @@ pub struct Stats {
     pub snapshots_saved: u64,
     /// Snapshots installed on a follower.
     pub snapshots_installed: u64,
+    /// 1 if the final heal came while some peer's configuration was joint (liveness must
+    /// hold then too: a leader finishes the change).
+    pub healed_in_joint: u64,
 }
 
 /// The figures of a successful run.

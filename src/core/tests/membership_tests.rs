@@ -195,3 +195,52 @@ fn a_removed_leader_that_crashed_before_c_new_spread_does_not_strand_the_group()
     assert_eq!(c.core(1).configuration(), &target);
     assert!(c.core(1).configuration_index() <= c.core(1).commit_index());
 }
+
+/// braft's `reset_peers`: the majority is gone for good; the survivor forces a configuration
+/// of itself, leads at once in a new term, logs the forced configuration and commits again.
+#[test]
+fn a_forced_configuration_lets_a_lone_survivor_lead_again() {
+    let mut c = Cluster::new(3);
+    c.elect(0);
+    c.crash(1);
+    c.crash(2);
+    c.advance(3 * T);
+    assert_ne!(
+        c.core(0).role(),
+        Role::Leader,
+        "no quorum: check-quorum stepped it down"
+    );
+    let term = c.core(0).term();
+    let alone = conf_of(&[0], &[]);
+    c.step(
+        0,
+        Event::ResetConfiguration {
+            ctx: 9,
+            conf: &alone,
+        },
+    );
+    assert_eq!(done(&c.outcomes(0)), vec![(9, Ok(()))]);
+    assert_eq!(c.leaders(), vec![0]);
+    assert!(c.core(0).term() > term);
+    assert_eq!(c.core(0).configuration(), &alone);
+    assert_eq!(
+        c.nodes[0].confs.values().last(),
+        Some(&alone),
+        "logged once it leads"
+    );
+    let commit = c.core(0).commit_index();
+    c.propose(0, 2);
+    assert_eq!(c.core(0).commit_index(), commit + 2, "commits alone");
+    let joint = conf_of(&[0], &[]).joint_to(&conf_of(&[0, 1], &[])).unwrap();
+    c.step(
+        0,
+        Event::ResetConfiguration {
+            ctx: 10,
+            conf: &joint,
+        },
+    );
+    assert!(matches!(
+        &done(&c.outcomes(0))[..],
+        [(10, Err(RaftError::Invalid { .. }))]
+    ));
+}
