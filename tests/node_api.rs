@@ -281,3 +281,142 @@ fn an_fsync_error_puts_one_node_in_its_error_state_and_the_others_go_on() {
     // retries: it stays in its error state.
     assert!(c.node(victim).error().is_some());
 }
+
+/// Floods the leader with `count` tasks of `size` bytes from two threads; returns how many
+/// were applied and how many refused with Busy (any other outcome fails the test).
+fn flood(c: &Cluster, l: usize, count: u32, size: usize) -> (usize, usize) {
+    let node = c.node(l).clone();
+    let outcomes: Vec<(usize, usize)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|t| {
+                let node = node.clone();
+                s.spawn(move || {
+                    let (mut ok, mut busy) = (0, 0);
+                    let waiters: Vec<_> = (0..count)
+                        .map(|i| {
+                            let mut data = vec![t as u8; size];
+                            data[..4].copy_from_slice(&i.to_le_bytes());
+                            let (task, w) = Task::waitable(Bytes::from(data));
+                            node.apply(task);
+                            w
+                        })
+                        .collect();
+                    for w in waiters {
+                        match w.wait_timeout(WITHIN) {
+                            Ok(_) => ok += 1,
+                            Err(RaftError::Busy) => busy += 1,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    (ok, busy)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("flooder"))
+            .collect()
+    });
+    outcomes.iter().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+}
+
+/// A leader whose log holds more unsynced bytes than `unsynced_bytes_max` refuses new tasks
+/// with Busy (at once, through their completion) instead of growing memory; every accepted
+/// task is applied.
+#[test]
+fn too_many_unsynced_bytes_answer_busy_and_nothing_accepted_is_lost() {
+    let mut o = ClusterOptions::new(1);
+    o.unsynced_bytes_max = Some(1 << 20); // the smallest allowed: one maximal entry
+    let c = Cluster::start("unsynced_bytes", o);
+    let l = c.wait_leader(election_bound());
+    let (ok, busy) = flood(&c, l, 2_000, 16 << 10);
+    assert_eq!(ok + busy, 4_000);
+    assert!(busy > 0, "a flood beyond the unsynced bound must meet Busy");
+    c.wait("every accepted task applied", WITHIN, || {
+        c.members[l].kv.len() == ok
+    });
+}
+
+/// A task applied on a follower fails with NotLeader naming the leader to ask.
+#[test]
+fn apply_on_a_follower_names_the_leader() {
+    let c = Cluster::start("apply_on_follower", ClusterOptions::new(3));
+    let l = c.wait_leader(election_bound());
+    let f = (l + 1) % 3;
+    let got = c.apply_via(f, Bytes::from_static(b"x"), WITHIN);
+    assert_eq!(
+        got,
+        Err(RaftError::NotLeader {
+            leader: Some(c.members[l].peer)
+        })
+    );
+}
+
+/// The snapshot timer takes snapshots by itself and the log is compacted behind them.
+#[test]
+fn the_snapshot_timer_snapshots_and_compacts_on_its_own() {
+    let mut o = ClusterOptions::new(1);
+    o.snapshot_interval_s = 1;
+    o.snapshot_log_margin = 0;
+    let c = Cluster::start("snapshot_timer", o);
+    let l = c.wait_leader(election_bound());
+    for i in 0..20 {
+        c.apply(Bytes::from(format!("t{i}")), WITHIN);
+    }
+    c.wait("a timed snapshot compacted the log", WITHIN, || {
+        c.node(l).status().first_log_index > 20
+    });
+}
+
+/// Init step 8 skips a damaged snapshot (and says so) and rebuilds the state machine from
+/// the log, which the margin kept.
+#[test]
+fn init_skips_a_damaged_snapshot_and_replays_the_log() {
+    let mut o = ClusterOptions::new(1);
+    o.snapshot_log_margin = 1000;
+    let mut c = Cluster::start("damaged_snapshot", o);
+    c.wait_leader(election_bound());
+    for i in 0..30 {
+        c.apply(Bytes::from(format!("d{i}")), WITHIN);
+    }
+    c.node(0).snapshot_wait().expect("snapshot");
+    c.kill(0);
+    let snap_dir = c.members[0].dir.join("snapshot");
+    let snapshot = std::fs::read_dir(&snap_dir)
+        .expect("snapshot dir")
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name().to_string_lossy().starts_with("snapshot_"))
+        .expect("a snapshot")
+        .path();
+    let file = std::fs::read_dir(&snapshot)
+        .expect("files")
+        .filter_map(|e| e.ok())
+        .find(|e| !e.file_name().to_string_lossy().starts_with("__raft"))
+        .expect("a user file")
+        .path();
+    let mut bytes = std::fs::read(&file).expect("read");
+    bytes[0] ^= 0xff;
+    std::fs::write(&file, bytes).expect("damage");
+    c.restart(0).expect("restart");
+    let trace = steps(&c, 0);
+    assert!(trace[7].1.contains("no snapshot"), "{trace:#?}");
+    c.wait_leader(election_bound());
+    c.wait("the log rebuilds the state machine", WITHIN, || {
+        c.members[0].kv.len() == 30
+    });
+    assert!(c.members[0].kv.violations().is_empty());
+}
+
+/// In a group of three, init runs steps 1 to 16 in order; step 15 arms the election timer
+/// (step_down) and step 17 (elect_self) is only for a lone voter.
+#[test]
+fn init_of_a_three_node_group_runs_steps_1_to_16_and_steps_down() {
+    let c = Cluster::start("init_order_three", ClusterOptions::new(3));
+    c.wait_leader(election_bound());
+    for i in 0..3 {
+        let trace = steps(&c, i);
+        let numbers: Vec<u8> = trace.iter().map(|s| s.0).collect();
+        assert_eq!(numbers, (1..=16).collect::<Vec<_>>(), "{trace:#?}");
+        assert!(trace[14].1.contains("step_down"), "{trace:#?}");
+    }
+}

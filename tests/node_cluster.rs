@@ -6,7 +6,7 @@ mod cluster;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cluster::{election_bound, Cluster, ClusterOptions};
+use cluster::{election_bound, stepdown_bound, Cluster, ClusterOptions};
 
 #[test]
 fn a_single_node_elects_itself_at_init_and_applies() {
@@ -81,7 +81,7 @@ fn a_partitioned_minority_leader_commits_nothing_and_steps_down() {
     let (task, waiter) = traft::node::Task::waitable(Bytes::from_static(b"lost"));
     c.node(l).apply(task);
     // The isolated leader steps down within its stepdown timeout (check-quorum).
-    c.wait("isolated leader steps down", election_bound(), || {
+    c.wait("isolated leader steps down", stepdown_bound(), || {
         !c.node(l).is_leader()
     });
     let r = waiter.wait_timeout(APPLY_WITHIN);

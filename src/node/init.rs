@@ -187,6 +187,11 @@ fn init_steps(shared: &Arc<NodeShared>, mut opts: NodeOptions, undo: &mut Undo) 
     let snapshot_conf = configurations[0].1.clone();
     let (hard_state, meta) = step11_meta(&mut cx, &opts)?;
     let (caller, caller_queue) = Caller::start(&cx.runtime.raft_pool(), "node-rpc");
+    let q = caller_queue.clone();
+    cx.undo.push(move || {
+        q.stop();
+        q.join();
+    });
     let replicators = step12_replicators(&cx, &opts, &core_opts, &log, &server, &caller);
     let snapshot_io = start_snapshot_io(&mut cx, &snapshots, &server, &caller);
     let init = InitialState {
@@ -218,7 +223,7 @@ fn init_steps(shared: &Arc<NodeShared>, mut opts: NodeOptions, undo: &mut Undo) 
         _dir_lock: dir_lock,
     };
     let parts = step13_core(&cx, &opts, core_opts, init, parts)?;
-    step14_snapshot_timer(&cx, &parts);
+    step14_snapshot_timer(&mut cx, &parts);
     steps15_to_17_start(&cx, &conf)
 }
 
@@ -550,10 +555,16 @@ fn step13_core(
 }
 
 /// 14. The snapshot timer.
-fn step14_snapshot_timer(cx: &Ctx<'_>, parts: &Parts) {
+fn step14_snapshot_timer(cx: &mut Ctx<'_>, parts: &Arc<Parts>) {
     match &parts.snapshot_timer {
         Some(t) => {
             t.start();
+            let p = parts.clone();
+            cx.undo.push(move || {
+                if let Some(t) = &p.snapshot_timer {
+                    t.destroy();
+                }
+            });
             trace(cx.shared, 14, "snapshot timer started");
         }
         None => trace(cx.shared, 14, "no snapshot timer (interval 0)"),

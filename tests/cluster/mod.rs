@@ -26,11 +26,21 @@ pub use kv::{KvHandle, KvSm};
 pub const ELECTION_TIMEOUT_MS: u64 = 300;
 pub const DRIFT_MS: u64 = 50;
 
+/// Scheduling slack added to protocol bounds: a loaded 2-core machine delays timers and
+/// threads by tens of milliseconds, now and then by a few hundred.
+pub const SLACK_MS: u64 = 600;
+
 /// How long to wait for a leader: 2T + drift + the vote timeout (DESIGN.md section 4), plus
-/// slack for a loaded 2-core test machine.
+/// the slack.
 pub fn election_bound() -> Duration {
     let t = ELECTION_TIMEOUT_MS;
-    Duration::from_millis(2 * t + DRIFT_MS + (t + DRIFT_MS) + 1500)
+    Duration::from_millis(2 * t + DRIFT_MS + (t + DRIFT_MS) + SLACK_MS)
+}
+
+/// How long a leader that lost its quorum may lead on: the stepdown timer checks every T
+/// that a quorum answered within the last T, so at most 2T, plus the slack.
+pub fn stepdown_bound() -> Duration {
+    Duration::from_millis(2 * ELECTION_TIMEOUT_MS + SLACK_MS)
 }
 
 /// One peer's slot: its server stays up across node restarts (same address, same PeerId).
@@ -75,6 +85,7 @@ pub struct ClusterOptions {
     /// configuration: they wait to be added).
     pub spares: usize,
     pub lease_reads: bool,
+    pub unsynced_bytes_max: Option<usize>,
 }
 
 impl ClusterOptions {
@@ -91,6 +102,7 @@ impl ClusterOptions {
             apply_queue_capacity: None,
             spares: 0,
             lease_reads: true,
+            unsynced_bytes_max: None,
         }
     }
 }
@@ -174,6 +186,9 @@ impl Cluster {
         opts.fs = self.fs.shared() as Arc<dyn FileSystem>;
         opts.seed = Some(self.seed.wrapping_add(i as u64));
         opts.lease_reads = o.lease_reads;
+        if let Some(max) = o.unsynced_bytes_max {
+            opts.unsynced_bytes_max = max;
+        }
         if let Some(cap) = o.apply_queue_capacity {
             opts.apply_queue_capacity = cap;
         }
