@@ -23,6 +23,27 @@ fn traft_threads() -> Vec<String> {
     names
 }
 
+/// The `traft-*` threads still alive: running or sleeping, not exited. A thread that exited
+/// and was joined may linger in /proc/self/task for a moment as a dead task (state `Z` or
+/// `X`) after `join` returned; one that was never joined would still be alive.
+fn live_traft_threads() -> Vec<String> {
+    let mut live = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/task").expect("procfs") {
+        let dir = entry.expect("task").path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        // The state follows the parenthesised command name: "tid (comm) S ...".
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        let dead = matches!(state, None | Some('Z') | Some('X'));
+        if name.trim().starts_with("traft-") && !dead {
+            live.push(name.trim().to_string());
+        }
+    }
+    live
+}
+
 #[test]
 fn runtimes_own_their_named_threads_and_shutdown_joins_them_all() {
     assert!(
@@ -64,7 +85,8 @@ fn runtimes_own_their_named_threads_and_shutdown_joins_them_all() {
         );
     }
     rt.shutdown();
-    // Joined threads leave /proc/self/task as they exit; join has returned, so they are gone.
+    // shutdown joined every thread: none may still be alive the moment it returns.
+    assert_eq!(live_traft_threads(), Vec::<String>::new());
     wait_for(
         "explicit runtime threads to exit",
         Duration::from_secs(5),
@@ -84,6 +106,7 @@ fn runtimes_own_their_named_threads_and_shutdown_joins_them_all() {
     );
     drop(g2);
     g1.shutdown();
+    assert_eq!(live_traft_threads(), Vec::<String>::new());
     wait_for(
         "default runtime threads to exit",
         Duration::from_secs(5),

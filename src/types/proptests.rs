@@ -65,6 +65,19 @@ proptest! {
         let mut r = Reader::new("PeerId", &buf);
         prop_assert_eq!(PeerId::decode_opt(&mut r).unwrap(), p);
         r.finish().unwrap();
+        every_prefix_fails(&buf, PeerId::decode_opt);
+    }
+
+    #[test]
+    fn entry_type_round_trips_and_unknown_bytes_are_refused(v in any::<u8>()) {
+        match EntryType::from_u8(v) {
+            Ok(kind) => prop_assert_eq!(kind as u8, v),
+            Err(e) => {
+                prop_assert!(!(1..=3).contains(&v), "{v} refused: {e}");
+                let is_decode = matches!(e, RaftError::Decode { .. });
+                prop_assert!(is_decode, "{e}");
+            }
+        }
     }
 
     #[test]
@@ -74,6 +87,7 @@ proptest! {
         g.encode(&mut buf);
         let mut r = Reader::new("GroupId", &buf);
         prop_assert_eq!(GroupId::decode(&mut r).unwrap(), g);
+        r.finish().unwrap();
         every_prefix_fails(&buf, GroupId::decode);
     }
 
