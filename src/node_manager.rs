@@ -6,17 +6,19 @@
 //! return; decoding, checksum checks and the protocol run on the node's queue. FileService
 //! `GetFile` goes to the owning node's snapshot queue on the disk pool; CliService requests
 //! call the node's API, which only enqueues, and answer from its completion (`cli`). The
-//! Stat service answers with the text status of every node on the server.
+//! Stat service answers with the text status of every node on the server, built on the raft
+//! pool (it takes each node's core lock, which an IO thread must not wait for).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::error::{RaftError, Result};
 use crate::node::Node;
+use crate::pool::{Job, PoolHandle};
 use crate::rpc::{Method, Request, Server};
 use crate::types::codec::Reader;
 use crate::types::{GroupId, PeerId};
@@ -38,6 +40,22 @@ const RAFT_METHODS: [Method; 5] = [
     Method::InstallSnapshot,
     Method::TimeoutNow,
 ];
+
+/// One Stat request, answered on the raft pool.
+struct StatJob {
+    req: Mutex<Option<Request>>,
+    addr: SocketAddr,
+}
+
+impl Job for StatJob {
+    fn run(self: Arc<Self>, _pool: &PoolHandle) -> bool {
+        if let Some(req) = self.req.lock().take() {
+            let text = NodeManager::global().stat_text(self.addr);
+            req.responder.respond(Ok(vec![Bytes::from(text)]));
+        }
+        false
+    }
+}
 
 impl NodeManager {
     /// The process-wide manager.
@@ -65,9 +83,18 @@ impl NodeManager {
         server.register(Method::GetFile, move |req: Request| {
             NodeManager::global().route_file(req)
         })?;
+        let raft_pool = server.runtime().raft_pool();
         server.register(Method::Stat, move |req: Request| {
-            let text = NodeManager::global().stat_text(addr);
-            req.responder.respond(Ok(vec![Bytes::from(text)]));
+            // Building the status takes every node's core lock: not on the IO thread.
+            let job = Arc::new(StatJob {
+                req: Mutex::new(Some(req)),
+                addr,
+            });
+            if let Err(e) = raft_pool.schedule(job.clone()) {
+                if let Some(req) = job.req.lock().take() {
+                    req.responder.respond(Err(e));
+                }
+            }
         })?;
         for m in crate::cli::METHODS {
             server.register(m, crate::cli::serve)?;
