@@ -7,8 +7,8 @@
 //! Client side: [`CliClient`] finds a group's leader among the peers of a configuration and
 //! sends it the request, following one `NotLeader` redirect.
 //!
-//! Bodies (docs/PROTOCOL.md): every request starts with `group | peer` (the node it is
-//! for); then AddPeer, RemovePeer, TransferLeader: `PeerId`; ChangePeers, ResetPeer:
+//! Bodies (docs/PROTOCOL.md): every request starts with the common header `group | sender |
+//! target` (the sender is the caller's listen address, the target the node asked); then AddPeer, RemovePeer, TransferLeader: `PeerId`; ChangePeers, ResetPeer:
 //! `Configuration`; Snapshot, GetLeader: nothing. Answers are empty, except GetLeader's:
 //! the optional leader `PeerId`. Errors travel as their `RaftError` status.
 
@@ -49,6 +49,7 @@ enum Ask {
 fn decode(method: Method, body: &[u8]) -> Result<(String, PeerId, Ask)> {
     let mut r = Reader::new("CliService request", body);
     let group = GroupId::decode_str(&mut r)?.to_string();
+    PeerId::decode(&mut r)?; // sender
     let peer = PeerId::decode(&mut r)?;
     let ask = match method {
         Method::AddPeer => Ask::AddPeer(PeerId::decode(&mut r)?),
@@ -116,8 +117,9 @@ impl CliClient {
 
     /// Calls `method` on node `peer` of `group` and waits for the answer.
     fn call(&self, group: &GroupId, peer: PeerId, method: Method, args: &[u8]) -> Result<Bytes> {
-        let mut body = Vec::with_capacity(64 + args.len());
+        let mut body = Vec::with_capacity(80 + args.len());
         group.encode(&mut body);
+        PeerId::new(self.server.local_addr(), 0).encode(&mut body);
         peer.encode(&mut body);
         body.extend_from_slice(args);
         let (tx, rx) = crossbeam::channel::bounded(1);

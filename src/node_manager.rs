@@ -186,6 +186,7 @@ impl NodeManager {
         let owner = {
             let mut r = Reader::new("GetFile", &req.body);
             GroupId::decode_str(&mut r).and_then(|group| {
+                PeerId::decode(&mut r)?; // sender
                 let owner = PeerId::decode(&mut r)?;
                 Ok(self.get(group, &owner))
             })

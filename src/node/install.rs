@@ -10,8 +10,9 @@
 //! removed, and the core told, which offers the snapshot again later. A snapshot the leader
 //! replaced during the copy is gone: the copy fails and the next offer names the new one.
 //!
-//! `GetFile` body: `group | owner PeerId | snapshot index u64 | name (u32 length + bytes;
-//! empty: the meta file) | offset u64 | max bytes u32`; answer: `eof u8 | data`.
+//! `GetFile` body: the common header `group | sender | owner` (the follower copying, the
+//! leader whose snapshot it is), then `snapshot index u64 | name (u32 length + bytes; empty:
+//! the meta file) | offset u64 | max bytes u32`; answer: `eof u8 | data` (docs/PROTOCOL.md).
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -70,16 +71,25 @@ pub(crate) struct SnapshotIoState {
     pub server: Arc<Server>,
     pub caller: Caller,
     pub group: GroupId,
+    pub me: PeerId,
     pub logger: slog::Logger,
     copy: Option<Copy>,
     copies: u64,
 }
 
+/// Where a `GetFile` goes and what it asks: group, the copier, the snapshot's owner.
+struct FileRequest<'a> {
+    group: &'a GroupId,
+    sender: PeerId,
+    owner: PeerId,
+}
+
 /// Encodes a `GetFile` request.
-fn get_file_body(group: &GroupId, owner: PeerId, index: u64, name: &str, offset: u64) -> Bytes {
-    let mut buf = Vec::with_capacity(64 + name.len());
-    group.encode(&mut buf);
-    owner.encode(&mut buf);
+fn get_file_body(to: &FileRequest<'_>, index: u64, name: &str, offset: u64) -> Bytes {
+    let mut buf = Vec::with_capacity(80 + name.len());
+    to.group.encode(&mut buf);
+    to.sender.encode(&mut buf);
+    to.owner.encode(&mut buf);
     put_u64(&mut buf, index);
     put_bytes32(&mut buf, name.as_bytes());
     put_u64(&mut buf, offset);
@@ -91,7 +101,8 @@ fn get_file_body(group: &GroupId, owner: PeerId, index: u64, name: &str, offset:
 fn serve(storage: &SnapshotStorage, body: &[u8]) -> Result<Bytes> {
     let mut r = Reader::new("GetFile", body);
     GroupId::decode_str(&mut r)?;
-    PeerId::decode(&mut r)?;
+    PeerId::decode(&mut r)?; // sender
+    PeerId::decode(&mut r)?; // owner (the router found the node by it)
     let index = r.u64()?;
     let name = std::str::from_utf8(r.bytes32()?)
         .map_err(|_| r.error("file name is not utf-8"))?
@@ -136,12 +147,16 @@ impl SnapshotIoState {
         caller: Caller,
         logger: slog::Logger,
     ) -> SnapshotIoState {
-        let group = shared
-            .upgrade()
-            .map(|n| n.group.clone())
-            .unwrap_or_else(|| GroupId::new("-").expect("invariant: a valid group id"));
+        let (group, me) = match shared.upgrade() {
+            Some(n) => (n.group.clone(), n.peer),
+            None => (
+                GroupId::new("-").expect("invariant: a valid group id"),
+                PeerId::new(std::net::SocketAddr::from(([0, 0, 0, 0], 0)), 0),
+            ),
+        };
         SnapshotIoState {
             group,
+            me,
             shared,
             storage,
             server,
@@ -220,7 +235,12 @@ impl SnapshotIoState {
                 None => return self.finish(),
             },
         };
-        let body = get_file_body(&self.group, copy.from, copy.last.index, name, copy.offset);
+        let to = FileRequest {
+            group: &self.group,
+            sender: self.me,
+            owner: copy.from,
+        };
+        let body = get_file_body(&to, copy.last.index, name, copy.offset);
         let (number, weak) = (copy.number, self.shared.clone());
         self.server.call(
             &self.caller,
@@ -372,9 +392,12 @@ mod tests {
     }
 
     fn ask(s: &SnapshotStorage, index: u64, name: &str, offset: u64) -> Result<(bool, Vec<u8>)> {
-        let group = GroupId::new("g").unwrap();
-        let owner: PeerId = "127.0.0.1:1:0".parse().unwrap();
-        let body = get_file_body(&group, owner, index, name, offset);
+        let to = FileRequest {
+            group: &GroupId::new("g").unwrap(),
+            sender: "127.0.0.1:2:0".parse().unwrap(),
+            owner: "127.0.0.1:1:0".parse().unwrap(),
+        };
+        let body = get_file_body(&to, index, name, offset);
         let answer = serve(s, &body)?;
         Ok((answer[0] != 0, answer[1..].to_vec()))
     }
