@@ -25,8 +25,9 @@
 //! the tail past the marker; producers that find the tail on a marker wait for that. A
 //! producer dereferences a block only after its CAS succeeded, and the consumer can pass the
 //! reserved slot only once it is ready, so the block outlives the producer's use. The
-//! consumer, past a block's last slot, recycles the block (one spare is kept) or frees it:
-//! by then every producer that wrote into it has set its `ready` flag, its last access.
+//! consumer, past a block's last slot, recycles the block (one spare is kept, and freed when
+//! the queue goes idle) or frees it: by then every producer that wrote into it has set its
+//! `ready` flag, its last access.
 
 use std::alloc::{self, Layout};
 use std::cell::UnsafeCell;
@@ -103,6 +104,16 @@ impl<T> Shared<T> {
         // SAFETY: a non-null spare came from `Box::into_raw` in `retire`, and the swap made
         // this thread its only owner.
         unsafe { Box::from_raw(spare) }
+    }
+
+    /// Frees the spare block, if any (a producer may take it first: the swap decides).
+    fn free_spare(&self) {
+        let spare = self.spare.swap(ptr::null_mut(), Acquire);
+        if !spare.is_null() {
+            // SAFETY: a non-null spare came from `Box::into_raw` in `retire`, and the swap
+            // made this thread its only owner.
+            drop(unsafe { Box::from_raw(spare) });
+        }
     }
 
     /// Takes back a block the consumer has moved past.
@@ -347,11 +358,7 @@ impl<T> Drop for Queue<T> {
             let owned = unsafe { Box::from_raw(block) };
             block = owned.next.load(Relaxed);
         }
-        let spare = *shared.spare.get_mut();
-        if !spare.is_null() {
-            // SAFETY: a non-null spare came from `Box::into_raw` in `retire`.
-            drop(unsafe { Box::from_raw(spare) });
-        }
+        shared.free_spare();
     }
 }
 
@@ -467,15 +474,21 @@ impl<T> Consuming<'_, T> {
     /// With nothing available, marks the queue idle unless the tail changed since the last
     /// reading (an item was reserved, or a stop came: the CAS against that reading fails).
     /// True if idle: the consumer's turn must end, and the next push or stop gets `true` and
-    /// schedules a new one.
+    /// schedules a new one. An idle queue keeps only the block its tail is in: the spare is
+    /// freed (a queue with thousands of siblings should not hold two blocks while idle).
     pub(super) fn try_idle(&mut self) -> bool {
         debug_assert_eq!(self.head.taken, self.head.reserved);
         let word = self.head.word;
-        self.queue
+        let idle = self
+            .queue
             .tail
             .word
             .compare_exchange(word, word | IDLE, AcqRel, Acquire)
-            .is_ok()
+            .is_ok();
+        if idle {
+            self.queue.shared.free_spare();
+        }
+        idle
     }
 
     /// A batch of at most `max` of the available items; `stopped` marks the final call.
