@@ -7,8 +7,9 @@
 //! Client side: [`CliClient`] finds a group's leader among the peers of a configuration and
 //! sends it the request, following one `NotLeader` redirect.
 //!
-//! Bodies (docs/PROTOCOL.md): every request starts with the common header `group | sender |
-//! target` (the sender is the caller's listen address, the target the node asked); then AddPeer, RemovePeer, TransferLeader: `PeerId`; ChangePeers, ResetPeer:
+//! Bodies (docs/PROTOCOL.md): every request starts with the common header
+//! `group | sender | target` (the sender is the caller's listen address, the target the node
+//! asked); then AddPeer, RemovePeer, TransferLeader: `PeerId`; ChangePeers, ResetPeer:
 //! `Configuration`; Snapshot, GetLeader: nothing. Answers are empty, except GetLeader's:
 //! the optional leader `PeerId`. Errors travel as their `RaftError` status.
 

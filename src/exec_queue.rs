@@ -7,28 +7,54 @@
 //! other queue. Submitting only enqueues: the caller never runs the consumer, never blocks
 //! (a full bounded queue answers `Busy` and hands the item back).
 //!
-//! Items travel through a crossbeam channel (one contended atomic per submit, like the channel
-//! a user would write); scheduling uses a `scheduled` flag with SeqCst fences on both sides
-//! instead of a second shared counter, and the stop protocol counts in-flight submits in
-//! per-thread stripes, so that it costs no contended write either.
+//! Mechanism. A queue owns its items in its own multi-producer, single-consumer queue
+//! (`mpsc`: linked blocks of 63 slots, and one atomic word `tail` holding the next position
+//! and two flags, `STOPPED` and `IDLE`), its consumer (behind the `runner` lock, taken for a
+//! turn), a handle of its pool, and the `finished` flag `join` waits on.
+//! - Submit: one CAS on `tail` reserves a slot and clears `IDLE`; the item is then written and
+//!   its slot marked ready. The one submit whose CAS cleared `IDLE` schedules a turn. So
+//!   invariant: a turn is scheduled or running exactly while `IDLE` is clear, and there is at
+//!   most one. No second flag, no fence: every change to `tail` is a read-modify-write, so
+//!   they have one order.
+//! - A turn takes ready slots from its head with plain loads (no atomic read-modify-write
+//!   per item, and no read of the producers' cache line while items are ready), hands them
+//!   over in batches of at most `batch_max`, and after each batch yields if other jobs wait.
+//!   With nothing ready at its head it reads `tail`. Items reserved and not yet written are
+//!   waited for (their submits are between two instructions); a `STOPPED` tail with all
+//!   taken gets the final call; otherwise the turn sets `IDLE` by a CAS against the word it
+//!   read, which fails if any slot was reserved or a stop came since, and then it looks
+//!   again. So no item is left without a turn.
+//! - Order: positions are reserved in one total order, and a submit that starts after
+//!   another returned gets a later position, so per-producer (and causal) order holds; the
+//!   turn takes positions in order.
+//! - Capacity counts items reserved and not yet taken by the consumer (a counter the turn
+//!   publishes as it takes them); the check and the reservation use the same `tail` word and
+//!   the counter only grows, so a bounded queue never holds more than its capacity.
+//! - A panicking consumer is caught; the rest of its batch is taken and dropped, the turn
+//!   goes on.
 //!
 //! Stop: items submitted before [`ExecQueue::stop`] still run; later submissions are refused
 //! with [`RaftError::Stopped`]; the consumer is then called once more with an empty batch whose
 //! [`Batch::is_stopped`] is true and dropped, and [`ExecQueue::join`] returns after that: what
-//! the consumer owned is released when `join` returns.
+//! the consumer owned is released when `join` returns. This is exact because `stop` sets
+//! `STOPPED` with a CAS on `tail` (clearing `IDLE`, and scheduling a turn if it was set): a
+//! submit whose CAS came before it has its position below the stopped tail and is run, and
+//! any later submit sees `STOPPED` and is refused without reserving a position.
 
-use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crossbeam::channel::{self, Receiver, Sender};
-use crossbeam::utils::{Backoff, CachePadded};
 use parking_lot::{Condvar, Mutex};
 use slog::Logger;
 
 use crate::error::RaftError;
 use crate::pool::{Job, PoolHandle};
+
+pub use self::mpsc::Batch;
+use self::mpsc::{Consuming, Queue};
+
+mod mpsc;
 
 /// A refused submission: why, and the item, handed back.
 #[derive(Debug)]
@@ -46,7 +72,7 @@ pub struct ExecQueueOptions {
     pub name: String,
     /// The most items handed to the consumer in one call.
     pub batch_max: usize,
-    /// The most items queued and not yet taken into a batch; more answer `Busy`.
+    /// The most items queued and not yet taken by the consumer; more answer `Busy`.
     /// `None`: unbounded.
     pub capacity: Option<usize>,
     /// Where a panicking consumer is reported.
@@ -65,84 +91,24 @@ impl ExecQueueOptions {
     }
 }
 
-/// One batch of items handed to the consumer: iterate it to take them in order.
-pub struct Batch<'a, T> {
-    rx: &'a Receiver<T>,
-    left: usize,
-    stopped: bool,
-}
-
-impl<T> Batch<'_, T> {
-    /// True on the final call after [`ExecQueue::stop`]; such a batch is empty.
-    pub fn is_stopped(&self) -> bool {
-        self.stopped
-    }
-
-    /// The most items still to take from this batch.
-    pub fn remaining(&self) -> usize {
-        self.left
-    }
-}
-
-impl<T> Iterator for Batch<'_, T> {
-    type Item = T;
-
-    fn next(&mut self) -> Option<T> {
-        if self.left == 0 {
-            return None;
-        }
-        match self.rx.try_recv() {
-            Ok(item) => {
-                self.left -= 1;
-                Some(item)
-            }
-            Err(_) => {
-                self.left = 0;
-                None
-            }
-        }
-    }
-}
-
 type Consumer<T> = Box<dyn FnMut(&mut Batch<'_, T>) + Send>;
 
-/// Stripes of the in-flight submit counter: a submitter touches only its thread's stripe, so
-/// producers on different threads do not contend on it.
-const STRIPES: usize = 16;
-
-thread_local! {
-    static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
-}
-
-fn my_stripe() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    STRIPE.with(|s| {
-        if s.get() == usize::MAX {
-            s.set(NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES);
-        }
-        s.get()
-    })
+/// What only the queue's current turn touches.
+struct Runner<T> {
+    consumer: Consumer<T>,
+    /// The final call was made; the consumer is a no-op since.
+    finished: bool,
 }
 
 struct Inner<T> {
-    tx: Sender<T>,
-    rx: Receiver<T>,
-    /// Invariant: true while the queue is on its pool's run queue or running. A submitter
-    /// that finds it false after sending sets it and schedules; the runner clears it only
-    /// when it finds the channel empty, then looks again (the SeqCst fences on both sides
-    /// make sure one of the two sees the other's write), so no item is left unscheduled and
-    /// at most one runner exists.
-    scheduled: AtomicBool,
-    /// Set by `stop`; a submitter that sees it refuses.
-    stopped: AtomicBool,
-    /// Submitters between their `stopped` check and their send, by stripe. The final stop
-    /// call waits for all stripes to read 0, so an item accepted just before stop still runs
-    /// before it.
-    in_flight: [CachePadded<AtomicUsize>; STRIPES],
-    consumer: Mutex<Consumer<T>>,
+    /// Items, the stop flag, and whether a turn is scheduled (see `mpsc`).
+    queue: Queue<T>,
+    /// Locked for a turn; turns never overlap (one is scheduled at a time), so it is never
+    /// contended and only gives the turn its mutable state.
+    runner: Mutex<Runner<T>>,
     pool: PoolHandle,
     opts: ExecQueueOptions,
-    /// Debug check of the single-runner invariant.
+    /// Debug check of the single-turn invariant.
     running: AtomicBool,
     finished: Mutex<bool>,
     finished_cv: Condvar,
@@ -172,15 +138,13 @@ impl<T: Send + 'static> ExecQueue<T> {
             "ExecQueue {}: batch_max must be > 0",
             opts.name
         );
-        let (tx, rx) = channel::unbounded();
         ExecQueue {
             inner: Arc::new(Inner {
-                tx,
-                rx,
-                scheduled: AtomicBool::new(false),
-                stopped: AtomicBool::new(false),
-                in_flight: Default::default(),
-                consumer: Mutex::new(Box::new(consumer)),
+                queue: Queue::new(),
+                runner: Mutex::new(Runner {
+                    consumer: Box::new(consumer),
+                    finished: false,
+                }),
                 pool: pool.clone(),
                 opts,
                 running: AtomicBool::new(false),
@@ -192,39 +156,22 @@ impl<T: Send + 'static> ExecQueue<T> {
 
     /// Queues `item`. Never blocks and never runs the consumer on the calling thread.
     pub fn submit(&self, item: T) -> Result<(), Rejected<T>> {
-        let inner = &*self.inner;
-        let stripe = &inner.in_flight[my_stripe()];
-        stripe.fetch_add(1, Ordering::SeqCst);
-        let refused = if inner.stopped.load(Ordering::SeqCst) {
-            Some(RaftError::Stopped)
-        } else if inner.opts.capacity.is_some_and(|cap| inner.rx.len() >= cap) {
-            Some(RaftError::Busy)
-        } else {
-            None
-        };
-        if let Some(error) = refused {
-            stripe.fetch_sub(1, Ordering::SeqCst);
-            return Err(Rejected { error, item });
+        match self.inner.queue.push(item, self.inner.opts.capacity) {
+            Ok(was_idle) => {
+                if was_idle {
+                    self.schedule();
+                }
+                Ok(())
+            }
+            Err((error, item)) => Err(Rejected { error, item }),
         }
-        // The receiver lives in `inner`, so the channel is never disconnected here.
-        let sent = inner.tx.send(item);
-        stripe.fetch_sub(1, Ordering::SeqCst);
-        if let Err(e) = sent {
-            return Err(Rejected {
-                error: RaftError::Stopped,
-                item: e.into_inner(),
-            });
-        }
-        self.wake();
-        Ok(())
     }
 
     /// Stops the queue: what was submitted runs, later submissions are refused. Idempotent.
     pub fn stop(&self) {
-        if self.inner.stopped.swap(true, Ordering::SeqCst) {
-            return;
+        if self.inner.queue.stop() == Some(true) {
+            self.schedule();
         }
-        self.wake();
     }
 
     /// Waits until the queue has stopped and its final consumer call returned. Returns at once
@@ -242,28 +189,23 @@ impl<T: Send + 'static> ExecQueue<T> {
 
     /// True once stop was requested.
     pub fn is_stopped(&self) -> bool {
-        self.inner.stopped.load(Ordering::Acquire)
+        self.inner.queue.is_stopped()
     }
 
     /// Items queued and not yet handed to the consumer.
     pub fn len(&self) -> usize {
-        self.inner.rx.len()
+        self.inner.queue.len()
     }
 
     /// True when nothing is queued.
     pub fn is_empty(&self) -> bool {
-        self.inner.rx.is_empty()
+        self.len() == 0
     }
 
-    /// Schedules the runner unless it is scheduled already.
-    fn wake(&self) {
-        // Pairs with the fence in `Inner::try_idle`: either we see `scheduled` cleared, or the
-        // runner sees our item (or our stop).
-        fence(Ordering::SeqCst);
+    /// Schedules a turn; called by the one submit or stop that found the queue idle and
+    /// cleared that state, so at most one turn is ever scheduled or running.
+    fn schedule(&self) {
         let inner = &self.inner;
-        if inner.scheduled.load(Ordering::Relaxed) || inner.scheduled.swap(true, Ordering::AcqRel) {
-            return;
-        }
         if inner.pool.schedule(inner.clone()).is_err() {
             // The pool is gone; nothing will ever run this queue. join() sees the pool stopped.
             slog::warn!(inner.opts.logger, "exec queue scheduled on a stopped pool";
@@ -273,35 +215,7 @@ impl<T: Send + 'static> ExecQueue<T> {
 }
 
 impl<T: Send + 'static> Inner<T> {
-    /// True if there is something for the runner: an item, or a stop not yet carried out.
-    fn has_work(&self) -> bool {
-        !self.rx.is_empty() || (self.stopped.load(Ordering::SeqCst) && !*self.finished.lock())
-    }
-
-    /// Called with nothing to do: unschedules, then looks once more. True if the runner must
-    /// go on (work arrived and it re-took the schedule).
-    fn try_idle(&self) -> bool {
-        self.running.store(false, Ordering::Release);
-        self.scheduled.store(false, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        if !self.has_work() || self.scheduled.swap(true, Ordering::AcqRel) {
-            return false;
-        }
-        let was_running = self.running.swap(true, Ordering::AcqRel);
-        debug_assert!(
-            !was_running,
-            "queue {} ran on two threads at once",
-            self.opts.name
-        );
-        true
-    }
-
-    fn call_consumer(&self, consumer: &mut Consumer<T>, left: usize, stopped: bool) {
-        let mut batch = Batch {
-            rx: &self.rx,
-            left,
-            stopped,
-        };
+    fn call_consumer(&self, consumer: &mut Consumer<T>, mut batch: Batch<'_, T>) {
         if catch_unwind(AssertUnwindSafe(|| consumer(&mut batch))).is_err() {
             slog::error!(self.opts.logger, "exec queue consumer panicked; its batch is dropped";
                 "queue" => &self.opts.name);
@@ -311,50 +225,56 @@ impl<T: Send + 'static> Inner<T> {
         for _ in batch {}
     }
 
-    /// The final call, once every submitter that passed the `stopped` check has sent.
-    fn finish(&self, consumer: &mut Consumer<T>) {
-        let backoff = Backoff::new();
-        while self.in_flight.iter().any(|s| s.load(Ordering::SeqCst) != 0) {
-            backoff.snooze();
-        }
-        // Late items (accepted before stop) run before the final call.
-        while !self.rx.is_empty() {
-            self.call_consumer(consumer, self.opts.batch_max, false);
-        }
-        self.call_consumer(consumer, 0, true);
+    /// The final call, once every item below the stopped tail was taken.
+    fn finish(&self, runner: &mut Runner<T>, queue: &mut Consuming<'_, T>) {
+        self.call_consumer(&mut runner.consumer, queue.batch(0, true));
         // Drop the consumer (and whatever it owns: files, locks, other queues) before `join`
         // can return, rather than whenever the last handle of this queue goes away.
-        *consumer = Box::new(|_: &mut Batch<'_, T>| {});
+        runner.consumer = Box::new(|_: &mut Batch<'_, T>| {});
+        runner.finished = true;
         *self.finished.lock() = true;
         self.finished_cv.notify_all();
     }
-}
 
-impl<T: Send + 'static> Job for Inner<T> {
-    fn run(self: Arc<Self>, pool: &PoolHandle) -> bool {
+    fn enter(&self) {
         let was_running = self.running.swap(true, Ordering::AcqRel);
         debug_assert!(
             !was_running,
             "queue {} ran on two threads at once",
             self.opts.name
         );
-        let mut consumer = self.consumer.lock();
+    }
+}
+
+impl<T: Send + 'static> Job for Inner<T> {
+    fn run(self: Arc<Self>, pool: &PoolHandle) -> bool {
+        self.enter();
+        let mut runner = self.runner.lock();
+        let mut queue = self.queue.consume();
+        let max = self.opts.batch_max;
         loop {
-            if !self.rx.is_empty() {
-                let left = self.rx.len().min(self.opts.batch_max);
-                self.call_consumer(&mut consumer, left, false);
+            let mut ready = queue.ready(max);
+            if ready == 0 {
+                ready = queue.sync();
+            }
+            if ready > 0 {
+                self.call_consumer(&mut runner.consumer, queue.batch(max, false));
                 if pool.has_waiting() {
                     self.running.store(false, Ordering::Release);
                     return true;
                 }
                 continue;
             }
-            if self.stopped.load(Ordering::SeqCst) && !*self.finished.lock() {
-                self.finish(&mut consumer);
+            // Nothing below the tail just read: carry out a stop it shows, or go idle.
+            if queue.stopped() && !runner.finished {
+                self.finish(&mut runner, &mut queue);
             }
-            if !self.try_idle() {
+            // Cleared first: once idle, a submit on another thread may start the next turn.
+            self.running.store(false, Ordering::Release);
+            if queue.try_idle() {
                 return false;
             }
+            self.enter();
         }
     }
 }

@@ -166,6 +166,53 @@ fn a_panicking_consumer_does_not_kill_the_pool_or_the_queue() {
     assert_eq!(other.load(Ordering::SeqCst), 1);
 }
 
+#[test]
+fn an_idle_queue_runs_the_next_item_submitted() {
+    let pool = Pool::new("t-idle", 2).unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    let q = ExecQueue::start(&pool.handle(), opts(8), move |b: &mut Batch<'_, u32>| {
+        r.fetch_add(b.count(), Ordering::SeqCst);
+    });
+    // Each item finds the queue caught up (and, once its turn has ended, idle): every one
+    // must still be run without any later submission or stop to push it along.
+    for i in 1..=50 {
+        q.submit(i).unwrap();
+        wait_for(
+            "the item to run",
+            Duration::from_secs(5),
+            || ran.load(Ordering::SeqCst) == i as usize,
+            || format!("ran {}", ran.load(Ordering::SeqCst)),
+        );
+    }
+    q.stop();
+    q.join();
+}
+
+#[test]
+fn what_a_queue_holds_is_released_with_its_last_handle_even_if_it_never_ran() {
+    let pool = Pool::new("t-left", 1).unwrap();
+    pool.shutdown();
+    let owned = Arc::new(());
+    let q = ExecQueue::start(
+        &pool.handle(),
+        opts(4),
+        |b: &mut Batch<'_, Arc<()>>| for _ in b {},
+    );
+    // Several blocks' worth, none ever taken: the pool that would run them is gone.
+    for _ in 0..500 {
+        q.submit(owned.clone()).unwrap();
+    }
+    assert_eq!(q.len(), 500);
+    q.join(); // returns: the pool is stopped
+    drop(q);
+    assert_eq!(
+        Arc::strong_count(&owned),
+        1,
+        "every queued item was dropped"
+    );
+}
+
 const FAIR_QUEUES: usize = 10_000;
 const FAIR_BATCH: usize = 4;
 const FAIR_BATCHES_PER_QUEUE: usize = 5;

@@ -10,11 +10,12 @@ use super::NodeShared;
 use crate::core::HardState;
 use crate::error::{RaftError, Result};
 use crate::exec_queue::{Batch, ExecQueue, ExecQueueOptions};
-use crate::fsm_caller::{CommittedLog, FsmListener};
+use crate::fsm_caller::{CommittedLog, FsmCaller, FsmListener};
 use crate::log_manager::LogManager;
 use crate::log_storage::LogStorage;
 use crate::meta_storage::RaftMetaStorage;
 use crate::pool::PoolHandle;
+use crate::snapshot::SnapshotStorage;
 use crate::state_machine::LeaderChangeContext;
 use crate::types::{Configuration, LogEntry, LogId};
 
@@ -149,4 +150,26 @@ impl Parts {
             *following = Some(new);
         }
     }
+}
+
+/// Loads the newest snapshot into the state machine and records it with the log manager.
+pub(crate) fn load_snapshot(
+    fsm: &FsmCaller,
+    storage: &SnapshotStorage,
+    log: &LogManager,
+) -> Result<Option<LogId>> {
+    let Some(reader) = storage.newest()? else {
+        return Ok(None);
+    };
+    let meta = reader.meta().clone();
+    let (tx, rx) = crossbeam::channel::bounded(1);
+    fsm.load_snapshot(
+        reader,
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    );
+    rx.recv().map_err(|_| RaftError::Stopped)??;
+    log.set_snapshot(meta.last_included, meta.conf)?;
+    Ok(Some(meta.last_included))
 }

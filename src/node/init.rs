@@ -401,7 +401,7 @@ fn step8_snapshot(
         &dir,
         cx.logger.clone(),
     )?);
-    let loaded = load_snapshot(fsm, &storage, log)?;
+    let loaded = super::glue::load_snapshot(fsm, &storage, log)?;
     trace(
         cx.shared,
         8,
@@ -594,28 +594,6 @@ fn steps15_to_17_start(cx: &Ctx<'_>, conf: &Configuration) -> Result<()> {
         trace(shared, 17, "elect_self: the only voter");
     }
     Ok(())
-}
-
-/// Loads the newest snapshot into the state machine and records it with the log manager.
-fn load_snapshot(
-    fsm: &FsmCaller,
-    storage: &SnapshotStorage,
-    log: &LogManager,
-) -> Result<Option<LogId>> {
-    let Some(reader) = storage.newest()? else {
-        return Ok(None);
-    };
-    let meta = reader.meta().clone();
-    let (tx, rx) = crossbeam::channel::bounded(1);
-    fsm.load_snapshot(
-        reader,
-        Box::new(move |r| {
-            let _ = tx.send(r);
-        }),
-    );
-    rx.recv().map_err(|_| RaftError::Stopped)??;
-    log.set_snapshot(meta.last_included, meta.conf)?;
-    Ok(Some(meta.last_included))
 }
 
 /// A placeholder left in the options once the state machine moved into the FSMCaller.
