@@ -231,7 +231,7 @@ impl Server {
             if res.is_ok() {
                 task_ctx.register(lp.handle(), token);
                 let me = Listener {
-                    listener,
+                    listener: Some(listener),
                     ctx: task_ctx,
                     token,
                 };
@@ -433,7 +433,9 @@ impl Drop for Server {
 
 /// The listening socket, on one IO loop; spreads accepted connections over all loops.
 struct Listener {
-    listener: TcpListener,
+    /// Invariant: `Some` until `stop`, which closes it before unregistering, so that
+    /// `shutdown` (which waits for every handler to unregister) returns with the port free.
+    listener: Option<TcpListener>,
     ctx: Arc<ServerCtx>,
     token: Token,
 }
@@ -472,8 +474,11 @@ impl IoHandler for Listener {
 
 impl Listener {
     fn accept_all(&mut self, lp: &mut IoContext<'_>) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
         loop {
-            match self.listener.accept() {
+            match listener.accept() {
                 Ok((stream, peer)) => {
                     self.ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
                     Inbound::adopt(&self.ctx, lp, stream, peer);
@@ -490,7 +495,10 @@ impl Listener {
     }
 
     fn stop(&mut self, lp: &mut IoContext<'_>) -> HandlerStatus {
-        let _ = lp.registry().deregister(&mut self.listener);
+        if let Some(mut listener) = self.listener.take() {
+            let _ = lp.registry().deregister(&mut listener);
+            drop(listener); // the port is free before shutdown can return
+        }
         self.ctx.unregister(lp.handle().index(), self.token);
         HandlerStatus::Remove
     }
