@@ -78,6 +78,10 @@ typedef void (*TraftApplyDone)(void *ctx,
                                const uint8_t *response,
                                size_t len);
 
+// Completion of the node operations other than apply: the status, and a value (the index
+// the state machine had applied for `traft_node_read_index`, 0 otherwise).
+typedef void (*TraftDone)(void *ctx, enum TraftStatus status, uint64_t value);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -128,6 +132,51 @@ enum TraftStatus traft_node_apply(const struct TraftNode *node,
                                   size_t len,
                                   TraftApplyDone done,
                                   void *ctx);
+
+// A linearizable read barrier: `done(ctx, status, applied)` runs once, on the fsm thread,
+// after this node (the leader) confirmed its leadership and its state machine applied
+// every entry committed before the call; reading the state machine then sees every write
+// acknowledged before the call. `TRAFT_NOT_LEADER` off the leader.
+//
+// # Safety
+// `node` is a live handle; `done` and `ctx` stay valid until `done` ran.
+enum TraftStatus traft_node_read_index(const struct TraftNode *node, TraftDone done, void *ctx);
+
+// 1 while `node` leads with a valid leader lease (a local read is linearizable), else 0.
+//
+// # Safety
+// `node` is null or a live handle.
+int32_t traft_node_is_leader_lease_valid(const struct TraftNode *node);
+
+// Hands leadership to the voter `peer`; `done` gets `TRAFT_OK` once leadership left this
+// node, `TRAFT_TIMEOUT` if `peer` did not take over within an election timeout.
+//
+// # Safety
+// `node` is a live handle; `peer` a NUL-terminated string; `done` and `ctx` stay valid
+// until `done` ran.
+enum TraftStatus traft_node_transfer_leader(const struct TraftNode *node,
+                                            const char *peer,
+                                            TraftDone done,
+                                            void *ctx);
+
+// Adds `peer` as a voter (joint consensus; it catches up first); `done` gets `TRAFT_OK`
+// once the new configuration is committed.
+//
+// # Safety
+// As for `traft_node_transfer_leader`.
+enum TraftStatus traft_node_add_peer(const struct TraftNode *node,
+                                     const char *peer,
+                                     TraftDone done,
+                                     void *ctx);
+
+// Removes `peer` from the group; `done` gets `TRAFT_OK` once committed.
+//
+// # Safety
+// As for `traft_node_transfer_leader`.
+enum TraftStatus traft_node_remove_peer(const struct TraftNode *node,
+                                        const char *peer,
+                                        TraftDone done,
+                                        void *ctx);
 
 // 1 if `node` leads its group now, else 0.
 //

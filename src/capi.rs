@@ -343,6 +343,146 @@ pub unsafe extern "C" fn traft_node_apply(
     })
 }
 
+/// Completion of the node operations other than apply: the status, and a value (the index
+/// the state machine had applied for `traft_node_read_index`, 0 otherwise).
+pub type TraftDone =
+    Option<unsafe extern "C" fn(ctx: *mut c_void, status: TraftStatus, value: u64)>;
+
+/// A Rust completion that calls the C one exactly once (if there is one).
+fn completion(done: TraftDone, ctx: *mut c_void) -> impl FnOnce(Result<u64, RaftError>) + Send {
+    let ctx = ctx as usize; // carried to the completion thread as an integer
+    move |r| {
+        let Some(done) = done else { return };
+        let (status, value) = match &r {
+            Ok(v) => (TraftStatus::TraftOk, *v),
+            Err(e) => (TraftStatus::from(e), 0),
+        };
+        // SAFETY: the completion and context the C side registered for this call.
+        unsafe { done(ctx as *mut c_void, status, value) };
+    }
+}
+
+/// Reads a node handle argument.
+///
+/// # Safety
+/// `node` is null or a live handle.
+unsafe fn arg_node<'a>(node: *const TraftNode) -> Result<&'a TraftNode, RaftError> {
+    // SAFETY: null or a live handle by the caller's contract.
+    unsafe { node.as_ref() }.ok_or_else(|| RaftError::invalid("node is null"))
+}
+
+/// A linearizable read barrier: `done(ctx, status, applied)` runs once, on the fsm thread,
+/// after this node (the leader) confirmed its leadership and its state machine applied
+/// every entry committed before the call; reading the state machine then sees every write
+/// acknowledged before the call. `TRAFT_NOT_LEADER` off the leader.
+///
+/// # Safety
+/// `node` is a live handle; `done` and `ctx` stay valid until `done` ran.
+#[no_mangle]
+pub unsafe extern "C" fn traft_node_read_index(
+    node: *const TraftNode,
+    done: TraftDone,
+    ctx: *mut c_void,
+) -> TraftStatus {
+    guarded(|| {
+        // SAFETY: the caller's contract.
+        let node = unsafe { arg_node(node) }?;
+        node.node.read_index(completion(done, ctx));
+        Ok(())
+    })
+}
+
+/// 1 while `node` leads with a valid leader lease (a local read is linearizable), else 0.
+///
+/// # Safety
+/// `node` is null or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn traft_node_is_leader_lease_valid(node: *const TraftNode) -> i32 {
+    // SAFETY: null or a live handle by the caller's contract.
+    unsafe { node.as_ref() }.is_some_and(|n| n.node.is_leader_lease_valid()) as i32
+}
+
+/// The membership and leadership operations, by name, for [`node_op`].
+enum Op {
+    Transfer,
+    AddPeer,
+    RemovePeer,
+}
+
+/// Runs `op` on `peer` ("ip:port:idx") with a C completion.
+///
+/// # Safety
+/// As for the public functions below.
+unsafe fn node_op(
+    node: *const TraftNode,
+    peer: *const c_char,
+    op: Op,
+    done: TraftDone,
+    ctx: *mut c_void,
+) -> TraftStatus {
+    guarded(|| {
+        // SAFETY: the caller's contract.
+        let (node, peer) = unsafe { (arg_node(node)?, arg_str(peer, "peer")?) };
+        let peer: PeerId = peer.parse()?;
+        let to_c = completion(done, ctx);
+        let complete = move |r: Result<(), RaftError>| to_c(r.map(|_| 0));
+        match op {
+            Op::Transfer => node.node.transfer_leadership_to(peer, complete),
+            Op::AddPeer => node.node.add_peer(peer, complete),
+            Op::RemovePeer => node.node.remove_peer(peer, complete),
+        }
+        Ok(())
+    })
+}
+
+/// Hands leadership to the voter `peer`; `done` gets `TRAFT_OK` once leadership left this
+/// node, `TRAFT_TIMEOUT` if `peer` did not take over within an election timeout.
+///
+/// # Safety
+/// `node` is a live handle; `peer` a NUL-terminated string; `done` and `ctx` stay valid
+/// until `done` ran.
+#[no_mangle]
+pub unsafe extern "C" fn traft_node_transfer_leader(
+    node: *const TraftNode,
+    peer: *const c_char,
+    done: TraftDone,
+    ctx: *mut c_void,
+) -> TraftStatus {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { node_op(node, peer, Op::Transfer, done, ctx) }
+}
+
+/// Adds `peer` as a voter (joint consensus; it catches up first); `done` gets `TRAFT_OK`
+/// once the new configuration is committed.
+///
+/// # Safety
+/// As for `traft_node_transfer_leader`.
+#[no_mangle]
+pub unsafe extern "C" fn traft_node_add_peer(
+    node: *const TraftNode,
+    peer: *const c_char,
+    done: TraftDone,
+    ctx: *mut c_void,
+) -> TraftStatus {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { node_op(node, peer, Op::AddPeer, done, ctx) }
+}
+
+/// Removes `peer` from the group; `done` gets `TRAFT_OK` once committed.
+///
+/// # Safety
+/// As for `traft_node_transfer_leader`.
+#[no_mangle]
+pub unsafe extern "C" fn traft_node_remove_peer(
+    node: *const TraftNode,
+    peer: *const c_char,
+    done: TraftDone,
+    ctx: *mut c_void,
+) -> TraftStatus {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { node_op(node, peer, Op::RemovePeer, done, ctx) }
+}
+
 /// 1 if `node` leads its group now, else 0.
 ///
 /// # Safety

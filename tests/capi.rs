@@ -5,7 +5,7 @@
 use std::ffi::{c_char, c_void, CString};
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use traft::capi::*;
@@ -127,6 +127,15 @@ unsafe extern "C" fn done(_ctx: *mut c_void, status: TraftStatus, _r: *const u8,
     }
 }
 
+/// The applied index a read completion saw (u64::MAX until it ran), and its status.
+static READ_AT: AtomicU64 = AtomicU64::new(u64::MAX);
+static READ_STATUS: AtomicI32 = AtomicI32::new(-1);
+
+unsafe extern "C" fn read_done(_ctx: *mut c_void, status: TraftStatus, value: u64) {
+    READ_STATUS.store(status as i32, Ordering::SeqCst);
+    READ_AT.store(value, Ordering::SeqCst);
+}
+
 #[test]
 fn bad_arguments_are_invalid_and_a_node_runs_through_the_abi() {
     let addr = CString::new("127.0.0.1:0").unwrap();
@@ -219,6 +228,29 @@ fn bad_arguments_are_invalid_and_a_node_runs_through_the_abi() {
         std::thread::sleep(Duration::from_millis(2));
     }
     assert_eq!(APPLIED.load(Ordering::SeqCst), 20);
+    // A read through the ABI completes after the 20 applies (index 1 is the leader's no-op).
+    // SAFETY: a live handle; the completion is a static function.
+    let st = unsafe { traft_node_read_index(node, Some(read_done), std::ptr::null_mut()) };
+    assert_eq!(st, TraftStatus::TraftOk);
+    while READ_AT.load(Ordering::SeqCst) == u64::MAX {
+        assert!(start.elapsed() < Duration::from_secs(10), "read missing");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(
+        READ_STATUS.load(Ordering::SeqCst),
+        TraftStatus::TraftOk as i32
+    );
+    assert!(READ_AT.load(Ordering::SeqCst) >= 21);
+    // A lone voter's lease is always valid; bad peers and null nodes are refused.
+    // SAFETY: a live handle, a NUL-terminated string, and a null node.
+    unsafe {
+        assert_eq!(traft_node_is_leader_lease_valid(node), 1);
+        let bad = CString::new("nope").unwrap();
+        let st = traft_node_add_peer(node, bad.as_ptr(), Some(read_done), std::ptr::null_mut());
+        assert_eq!(st, TraftStatus::TraftInvalid);
+        let st = traft_node_read_index(std::ptr::null(), None, std::ptr::null_mut());
+        assert_eq!(st, TraftStatus::TraftInvalid);
+    }
     // SAFETY: handles from the calls above, not used afterwards.
     unsafe {
         traft_node_shutdown(node);
