@@ -102,9 +102,26 @@ fn leadership_moves_to_the_chosen_voter_and_writes_go_on() {
         c.apply(Bytes::from(format!("a{k}")), WITHIN);
     }
     let target = (l + 1) % 3;
-    c.node(l)
-        .transfer_leadership_to_wait(c.members[target].peer)
-        .unwrap_or_else(|e| panic!("transfer: {e}\n{}", c.describe()));
+    // Two requests in a row: the first transfers, the second is refused (Busy) and is the
+    // only one refused.
+    let (tx, rx) = crossbeam::channel::unbounded();
+    for _ in 0..2 {
+        let tx = tx.clone();
+        c.node(l)
+            .transfer_leadership_to(c.members[target].peer, move |r| {
+                let _ = tx.send(r);
+            });
+    }
+    let mut results: Vec<_> = (0..2)
+        .map(|_| rx.recv_timeout(WITHIN).expect("answer"))
+        .collect();
+    results.sort_by_key(|r| r.is_err());
+    assert_eq!(
+        results,
+        vec![Ok(()), Err(RaftError::Busy)],
+        "{}",
+        c.describe()
+    );
     let now = c.wait_leader(election_bound());
     assert_eq!(now, target, "{}", c.describe());
     c.apply(Bytes::from_static(b"after"), WITHIN);

@@ -99,6 +99,8 @@ pub enum Event<'a> {
     },
     /// Hand leadership to `to` (leader only). Answered once by [`Action::TransferDone`].
     TransferLeader {
+        /// The shell's name for the request.
+        ctx: u64,
         /// The voter to hand over to.
         to: PeerId,
     },
@@ -224,6 +226,8 @@ pub enum Action {
     /// The outcome of an [`Event::TransferLeader`]: `Ok` once leadership left this peer
     /// after the target was told to campaign; an error if refused or timed out.
     TransferDone {
+        /// The request.
+        ctx: u64,
         /// The requested target.
         to: PeerId,
         /// The outcome.

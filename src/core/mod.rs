@@ -287,7 +287,7 @@ impl RaftCore {
             Event::HardStatePersisted(hs) => self.handle_hard_state_persisted(hs),
             Event::PeerUnreachable(peer) => self.handle_unreachable(peer),
             Event::ReadIndex { ctx } => self.handle_read_index(ctx),
-            Event::TransferLeader { to } => self.handle_transfer_leader(to),
+            Event::TransferLeader { ctx, to } => self.handle_transfer_leader(ctx, to),
             Event::ChangeConfiguration { ctx, target } => {
                 self.handle_change_configuration(ctx, target)
             }
@@ -542,7 +542,11 @@ impl RaftCore {
             } else {
                 Err(error.clone())
             };
-            self.actions.push(Action::TransferDone { to: t.to, result });
+            self.actions.push(Action::TransferDone {
+                ctx: t.ctx,
+                to: t.to,
+                result,
+            });
         }
         if let Some(c) = self.conf_change.take() {
             self.actions.push(Action::ConfChangeDone {

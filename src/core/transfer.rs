@@ -16,6 +16,7 @@ use crate::types::PeerId;
 /// A transfer in progress.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Transfer {
+    pub(crate) ctx: u64,
     pub(crate) to: PeerId,
     /// When the transfer is abandoned (leader clock).
     pub(crate) deadline_ms: u64,
@@ -23,8 +24,9 @@ pub(crate) struct Transfer {
 }
 
 impl RaftCore {
-    pub(super) fn handle_transfer_leader(&mut self, to: PeerId) {
+    pub(super) fn handle_transfer_leader(&mut self, ctx: u64, to: PeerId) {
         let refuse = |error| Action::TransferDone {
+            ctx,
             to,
             result: Err(error),
         };
@@ -34,8 +36,11 @@ impl RaftCore {
             return;
         }
         if to == self.opts.id {
-            self.actions
-                .push(Action::TransferDone { to, result: Ok(()) });
+            self.actions.push(Action::TransferDone {
+                ctx,
+                to,
+                result: Ok(()),
+            });
             return;
         }
         let conf = self.membership.effective();
@@ -50,6 +55,7 @@ impl RaftCore {
         }
         slog::info!(self.logger, "transferring leadership"; "to" => %to, "term" => self.term);
         self.transfer = Some(Transfer {
+            ctx,
             to,
             deadline_ms: self.now_ms + self.opts.election_timeout_ms,
             timeout_now_sent: false,
@@ -86,6 +92,7 @@ impl RaftCore {
         slog::warn!(self.logger, "leader transfer timed out: resuming"; "to" => %t.to);
         self.transfer = None;
         self.actions.push(Action::TransferDone {
+            ctx: t.ctx,
             to: t.to,
             result: Err(RaftError::Timeout),
         });

@@ -149,8 +149,8 @@ pub(crate) struct ShellState {
     reads: Vec<ReadDone>,
     /// Read batches the core has not answered yet, by ctx.
     reads_asked: HashMap<u64, Vec<ReadDone>>,
-    /// Transfers the core has not answered yet.
-    transfers: Vec<(PeerId, Done)>,
+    /// Transfers the core has not answered yet, by ctx.
+    transfers: HashMap<u64, Done>,
     /// Configuration changes the core has not answered yet, by ctx.
     changes: HashMap<u64, Done>,
     /// Names read batches and configuration changes.
@@ -166,7 +166,7 @@ impl ShellState {
             .chain(self.reads_asked.drain().flat_map(|(_, v)| v));
         reads.for_each(|d| d(Err(error.clone())));
         self.transfers
-            .drain(..)
+            .drain()
             .for_each(|(_, d)| d(Err(error.clone())));
         self.changes
             .drain()
@@ -275,8 +275,10 @@ impl Shell<'_> {
             }
             NodeEvent::Read(done) => self.st.reads.push(done),
             NodeEvent::Transfer(to, done) => {
-                self.st.transfers.push((to, done));
-                self.step(parts, Event::TransferLeader { to }, Ctx::None);
+                self.st.next_ctx += 1;
+                let ctx = self.st.next_ctx;
+                self.st.transfers.insert(ctx, done);
+                self.step(parts, Event::TransferLeader { ctx, to }, Ctx::None);
             }
             NodeEvent::ChangePeers(change, done) => self.change_peers(parts, change, done),
             NodeEvent::ResetPeers(conf, done) => {
@@ -475,12 +477,10 @@ impl Shell<'_> {
                 let dones = self.st.reads_asked.remove(&ctx).unwrap_or_default();
                 dones.into_iter().for_each(|d| d(Err(error.clone())));
             }
-            Action::TransferDone { to, result } => {
-                let (done, keep) = std::mem::take(&mut self.st.transfers)
-                    .into_iter()
-                    .partition::<Vec<_>, _>(|(p, _)| *p == to);
-                self.st.transfers = keep;
-                done.into_iter().for_each(|(_, d)| d(result.clone()));
+            Action::TransferDone { ctx, result, .. } => {
+                if let Some(done) = self.st.transfers.remove(&ctx) {
+                    done(result);
+                }
             }
             Action::ConfChangeDone { ctx, result } => {
                 if let Some(done) = self.st.changes.remove(&ctx) {

@@ -129,6 +129,7 @@ impl World {
         let to = others[self.rng.range(0, others.len() as u64) as usize];
         self.stats.transfers_asked += 1;
         self.note(|| format!("peer {l}: asked to transfer leadership to {to}"));
-        self.step_node(l, Event::TransferLeader { to }, StepCtx::None)
+        let ctx = self.ctx();
+        self.step_node(l, Event::TransferLeader { ctx, to }, StepCtx::None)
     }
 }

@@ -94,7 +94,13 @@ fn a_lease_read_is_served_at_once_but_never_after_timeout_now() {
     read(&mut c, 0, 1);
     assert_eq!(ready(&c.outcomes(0)).len(), 1, "served from the lease");
     assert!(c.net.is_empty(), "without a heartbeat round");
-    c.step(0, Event::TransferLeader { to: peer(1) });
+    c.step(
+        0,
+        Event::TransferLeader {
+            ctx: 1,
+            to: peer(1),
+        },
+    );
     assert!(c
         .net
         .iter()

@@ -6,7 +6,8 @@ use super::*;
 use crate::error::RaftError;
 
 fn transfer(c: &mut Cluster, from: usize, to: usize) {
-    c.step(from, Event::TransferLeader { to: peer(to) });
+    let ctx = to as u64;
+    c.step(from, Event::TransferLeader { ctx, to: peer(to) });
 }
 
 fn done(outcomes: &[Action]) -> Vec<Result<(), RaftError>> {
@@ -87,7 +88,13 @@ fn transfers_that_cannot_run_are_refused() {
         &done(&c.outcomes(1))[..],
         [Err(RaftError::NotLeader { .. })]
     ));
-    c.step(0, Event::TransferLeader { to: peer(7) });
+    c.step(
+        0,
+        Event::TransferLeader {
+            ctx: 7,
+            to: peer(7),
+        },
+    );
     assert!(matches!(
         &done(&c.outcomes(0))[..],
         [Err(RaftError::Invalid { .. })]
