@@ -1,5 +1,10 @@
 //! A recording state machine for cluster tests: it keeps every applied entry in order, so
 //! tests can compare nodes, check nothing is applied twice, and snapshot/restore the list.
+//!
+//! Like a real service with retrying clients, it applies each payload once: the harness
+//! retries a write whose outcome was unknown (`NotLeader` after the task was accepted, a
+//! timeout), and when both attempts committed the second is a duplicate, counted and not
+//! applied. Tests use unique payloads.
 
 use std::sync::Arc;
 
@@ -20,6 +25,10 @@ pub struct KvState {
     pub snapshots_loaded: u64,
     /// Panic when applying this payload (to test a user-callback panic on one node).
     pub panic_on: Option<Bytes>,
+    /// The payloads applied (what `applied` holds), to apply each once.
+    pub seen: std::collections::HashSet<Bytes>,
+    /// Committed payloads that were already applied: retries whose first attempt committed.
+    pub duplicates: u64,
 }
 
 /// Shared view of one node's state machine.
@@ -93,7 +102,11 @@ impl StateMachine for KvSm {
                 let v = format!("index {} applied after {last}", e.index);
                 st.violations.push(v);
             }
-            st.applied.push((e.index, e.data.clone()));
+            if st.seen.insert(e.data.clone()) {
+                st.applied.push((e.index, e.data.clone()));
+            } else {
+                st.duplicates += 1;
+            }
             e.respond(Bytes::from(e.index.to_string()));
         }
     }
@@ -119,6 +132,7 @@ impl StateMachine for KvSm {
             .map_err(|e| RaftError::io("read", Some(&reader.file_path("kv")), &e))?;
         let list = decode(&bytes).ok_or_else(|| RaftError::invalid("bad kv snapshot"))?;
         let mut st = self.h.0.lock();
+        st.seen = list.iter().map(|(_, d)| d.clone()).collect();
         st.applied = list;
         st.snapshots_loaded += 1;
         Ok(())

@@ -322,9 +322,12 @@ impl Cluster {
             if let Some(l) = leader {
                 match self.apply_via(l, data.clone(), Duration::from_secs(5)) {
                     Ok(r) => return r,
+                    // The outcome is unknown or the node cannot lead any more (it entered its
+                    // error state): ask whoever leads next.
                     Err(RaftError::NotLeader { .. })
                     | Err(RaftError::Timeout)
-                    | Err(RaftError::Busy) => {}
+                    | Err(RaftError::Busy)
+                    | Err(RaftError::ErrorState { .. }) => {}
                     Err(e) => panic!("apply failed: {e}\n{}", self.describe()),
                 }
             }
