@@ -90,6 +90,19 @@ fn a_follower_behind_the_compaction_point_installs_the_leaders_snapshot_and_catc
     for i in 40..45 {
         c.apply(Bytes::from(format!("b{i}")), WITHIN);
     }
+    let peer = c.members[f].peer;
+    c.wait(
+        "the leader's status shows the snapshot offered",
+        WITHIN,
+        || {
+            let st = c.node(l).status();
+            let offered = st
+                .followers
+                .iter()
+                .any(|fs| fs.peer == peer && fs.state == traft::core::ProgressState::Snapshot);
+            offered && st.to_string().contains("offered")
+        },
+    );
     c.restart(f).expect("restart");
     c.wait(
         "the follower installs the snapshot and catches up",

@@ -474,6 +474,12 @@ impl RaftCore {
         self.progress.get(peer)
     }
 
+    /// The leader's knowledge of every follower, learner and catching-up peer (empty unless
+    /// leader).
+    pub fn followers(&self) -> impl Iterator<Item = (&PeerId, &Progress)> {
+        self.progress.iter()
+    }
+
     /// The first index the log holds (entries before it are in the snapshot).
     pub fn first_index(&self) -> u64 {
         self.log.base().index + 1

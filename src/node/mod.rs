@@ -32,7 +32,7 @@ use slog::Logger;
 pub use apply::{Task, TaskWaiter};
 pub use init::InitStep;
 pub use options::NodeOptions;
-pub use status::NodeStatus;
+pub use status::{FollowerStatus, NodeStatus};
 
 use crate::core::{RaftCore, Role};
 use crate::error::{RaftError, Result};

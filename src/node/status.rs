@@ -3,9 +3,24 @@
 use std::fmt;
 
 use super::{Lifecycle, Node};
-use crate::core::Role;
+use crate::core::{ProgressState, Role};
 use crate::error::RaftError;
 use crate::types::{Configuration, GroupId, LogId, PeerId};
+
+/// What the leader knows of one follower (braft's replicator status).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FollowerStatus {
+    /// The follower.
+    pub peer: PeerId,
+    /// The highest index known to be durable on it and to match the leader's log.
+    pub match_index: u64,
+    /// The next index to send it.
+    pub next_index: u64,
+    /// Probing, pipelining, or waiting for a snapshot install.
+    pub state: ProgressState,
+    /// The last index of the snapshot offered to it, while it installs one.
+    pub snapshot_offered: Option<u64>,
+}
 
 /// What a node is doing, read under its locks at one moment.
 #[derive(Clone, Debug)]
@@ -33,6 +48,12 @@ pub struct NodeStatus {
     /// Per follower (leader only): frames sent, entries sent, and the first index it needs
     /// that the log no longer holds (0: none; it then waits for a snapshot install).
     pub replicators: Vec<(PeerId, u64, u64, u64)>,
+    /// Per follower (leader only): match and next index, replication state.
+    pub followers: Vec<FollowerStatus>,
+    /// The newest snapshot the node knows of (`(0, 0)`: none).
+    pub snapshot: LogId,
+    /// The snapshot this node installs from its leader, if it is installing one.
+    pub installing: Option<LogId>,
     /// Tasks accepted by `apply` and not yet proposed.
     pub pending_applies: usize,
     /// The node's error, in its error state.
@@ -58,6 +79,9 @@ impl Node {
             first_log_index: 0,
             conf: Configuration::default(),
             replicators: Vec::new(),
+            followers: Vec::new(),
+            snapshot: LogId::default(),
+            installing: None,
             pending_applies: shared
                 .pending_applies
                 .load(std::sync::atomic::Ordering::Relaxed),
@@ -74,6 +98,18 @@ impl Node {
             st.commit_index = c.commit_index();
             st.last_log_id = c.last_log_id();
             st.conf = c.configuration().clone();
+            st.snapshot = c.snapshot();
+            st.installing = c.installing();
+            st.followers = c
+                .followers()
+                .map(|(p, pr)| FollowerStatus {
+                    peer: *p,
+                    match_index: pr.match_index,
+                    next_index: pr.next_index,
+                    state: pr.state,
+                    snapshot_offered: pr.snapshot.map(|(index, _)| index),
+                })
+                .collect();
         });
         if let Some(parts) = shared.parts() {
             st.applied = parts.fsm.last_applied();
@@ -105,6 +141,21 @@ impl fmt::Display for NodeStatus {
         )?;
         writeln!(f, "commit: {}", self.commit_index)?;
         writeln!(f, "applied: {}", self.applied)?;
+        writeln!(f, "snapshot: {}", self.snapshot)?;
+        if let Some(s) = self.installing {
+            writeln!(f, "installing snapshot: {s}")?;
+        }
+        for fs in &self.followers {
+            write!(
+                f,
+                "follower {}: match {} next {} {:?}",
+                fs.peer, fs.match_index, fs.next_index, fs.state
+            )?;
+            match fs.snapshot_offered {
+                Some(i) => writeln!(f, " (snapshot {i} offered)")?,
+                None => writeln!(f)?,
+            }
+        }
         writeln!(f, "pending_applies: {}", self.pending_applies)?;
         for (p, frames, entries, behind) in &self.replicators {
             write!(f, "replicator {p}: frames {frames} entries {entries}")?;
