@@ -34,6 +34,11 @@ impl FollowerLease {
         }
     }
 
+    /// Sets the timeout (the election timeout changed); the last contact is kept.
+    pub fn set_timeout(&mut self, timeout_ms: u64) {
+        self.timeout_ms = timeout_ms;
+    }
+
     /// A leader was heard at `now_ms`.
     pub fn renew(&mut self, now_ms: u64) {
         let last = self.last_leader_contact_ms.unwrap_or(0);

@@ -251,3 +251,21 @@ fn the_cli_service_administers_the_group_over_the_wire() {
     assert!(bad.is_err(), "{bad:?}");
     tool.shutdown();
 }
+
+/// braft's `vote`: a follower given a short election timeout is the first to campaign once
+/// the leader dies, and leads; a drift not below the timeout is refused.
+#[test]
+fn vote_makes_a_follower_campaign_first_when_the_leader_dies() {
+    let mut c = Cluster::start("vote", ClusterOptions::new(3));
+    let l = c.wait_leader(election_bound());
+    let x = (l + 1) % 3;
+    c.node(x).vote(60).expect("vote");
+    assert!(matches!(
+        c.node(x).reset_election_timeout_ms(60, 60),
+        Err(RaftError::Invalid { .. })
+    ));
+    c.kill(l);
+    c.wait("the voting follower leads", election_bound(), || {
+        c.node(x).is_leader()
+    });
+}

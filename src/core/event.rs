@@ -112,6 +112,17 @@ pub enum Event<'a> {
         /// The configuration to reach; must be stable.
         target: &'a Configuration,
     },
+    /// Change the election timeout `T` and the clock-drift bound at run time (braft's
+    /// `reset_election_timeout_ms`): the heartbeat interval becomes `T / 10` (at least 10 ms),
+    /// leases and timers follow, and a follower's election timer restarts from now with the
+    /// new `T`. Invalid values are ignored (the shell validates first). Leases assume the
+    /// same `T` on every peer: change it everywhere.
+    SetElectionTimeout {
+        /// The new `T`.
+        election_timeout_ms: u64,
+        /// The new drift bound (below `T`).
+        max_clock_drift_ms: u64,
+    },
     /// Force this peer's configuration to `conf` without consensus (braft's `reset_peers`):
     /// for recovery when a majority is lost for good. It takes effect at once in a new term;
     /// the peer appends it to the log when it next leads. Answered by

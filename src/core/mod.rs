@@ -292,6 +292,10 @@ impl RaftCore {
                 self.handle_change_configuration(ctx, target)
             }
             Event::ResetConfiguration { ctx, conf } => self.handle_reset_configuration(ctx, conf),
+            Event::SetElectionTimeout {
+                election_timeout_ms,
+                max_clock_drift_ms,
+            } => self.handle_set_election_timeout(election_timeout_ms, max_clock_drift_ms),
             Event::SnapshotSaved { last, conf } => self.handle_snapshot_saved(last, conf),
             Event::SnapshotInstalled { last, ok } => self.handle_snapshot_installed(last, ok),
         }

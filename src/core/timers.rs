@@ -5,7 +5,8 @@
 //! stale firings change nothing.
 
 use crate::core::options::bug;
-use crate::core::{Action, RaftCore, Role, TimerKind};
+use crate::core::{Action, CoreOptions, RaftCore, Role, TimerKind};
+use crate::lease::LeaderLease;
 
 /// Deadlines of the core and what the shell was told to arm.
 #[derive(Clone, Debug)]
@@ -68,6 +69,33 @@ impl RaftCore {
         let t = self.opts.election_timeout_ms;
         let base = t + self.opts.max_clock_drift_ms;
         self.rng.range(base, base + t)
+    }
+
+    pub(super) fn handle_set_election_timeout(&mut self, t: u64, drift: u64) {
+        let mut opts = self.opts.clone();
+        opts.election_timeout_ms = t;
+        opts.max_clock_drift_ms = drift;
+        opts.heartbeat_interval_ms = CoreOptions::default_heartbeat_ms(t);
+        if let Err(e) = opts.validate() {
+            slog::warn!(self.logger, "ignored an invalid election timeout"; "error" => %e);
+            return;
+        }
+        slog::info!(self.logger, "election timeout changed"; "from_ms" => self.opts.election_timeout_ms,
+            "to_ms" => t, "drift_ms" => drift);
+        self.opts = opts;
+        self.follower_lease.set_timeout(t);
+        self.leader_lease = LeaderLease::new(t, drift);
+        match self.role {
+            Role::Follower | Role::PreCandidate => self.reset_election_timer(),
+            Role::Leader => {
+                self.arm(
+                    TimerKind::Heartbeat,
+                    self.now_ms + self.opts.heartbeat_interval_ms,
+                );
+                self.arm(TimerKind::StepDown, self.now_ms + t);
+            }
+            Role::Candidate => {} // the round runs out under the old timeout, the next one is new
+        }
     }
 
     pub(super) fn handle_timeout(&mut self, kind: TimerKind) {

@@ -156,6 +156,49 @@ impl Node {
         wait(rx)
     }
 
+    /// Changes the election timeout `T` and the clock-drift bound at run time (braft's
+    /// `reset_election_timeout_ms`): heartbeats become `T / 10`, leases and timers follow.
+    /// The leader lease assumes the same `T` on every peer: change it on all of them (and
+    /// turn `lease_reads` off meanwhile if reads must stay linearizable during the change).
+    /// `Invalid` if the drift is not below `T` or `T` is under 10 ms.
+    pub fn reset_election_timeout_ms(
+        &self,
+        election_timeout_ms: u64,
+        max_clock_drift_ms: u64,
+    ) -> Result<()> {
+        active(&self.shared)?;
+        let mut check = crate::core::CoreOptions::new(self.shared.peer);
+        check.election_timeout_ms = election_timeout_ms;
+        check.max_clock_drift_ms = max_clock_drift_ms;
+        check.heartbeat_interval_ms =
+            crate::core::CoreOptions::default_heartbeat_ms(election_timeout_ms);
+        check.validate()?;
+        if election_timeout_ms < 10 {
+            return Err(RaftError::invalid("election_timeout_ms must be >= 10"));
+        }
+        self.shared.submit(NodeEvent::SetElectionTimeout(
+            election_timeout_ms,
+            max_clock_drift_ms,
+        ));
+        Ok(())
+    }
+
+    /// braft's `vote`: gives this node the election timeout `election_timeout_ms` (the drift
+    /// bound shrinks to stay below it) and restarts its election timer, so that a node given
+    /// a short timeout campaigns first once the leader is gone. Unlike braft, it still waits
+    /// out its follower lease before campaigning: skipping it would let the leader's lease
+    /// reads go stale without the leader knowing.
+    pub fn vote(&self, election_timeout_ms: u64) -> Result<()> {
+        let drift = self.status_drift().min(election_timeout_ms / 2);
+        self.reset_election_timeout_ms(election_timeout_ms, drift)
+    }
+
+    fn status_drift(&self) -> u64 {
+        self.shared
+            .with_core(|c| c.options().max_clock_drift_ms)
+            .unwrap_or(0)
+    }
+
     /// The configuration in force on this node (the newest in its log, committed or not).
     pub fn configuration(&self) -> Configuration {
         self.shared

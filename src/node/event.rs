@@ -68,6 +68,8 @@ pub(crate) enum NodeEvent {
     ChangePeers(PeerChange, Done),
     /// A configuration forced without consensus (braft's `reset_peers`).
     ResetPeers(Configuration, Done),
+    /// A new election timeout and drift bound (validated by the caller).
+    SetElectionTimeout(u64, u64),
     /// A component failed fatally: enter the error state.
     Fatal(RaftError),
 }
@@ -281,6 +283,13 @@ impl Shell<'_> {
                 self.step(parts, Event::TransferLeader { ctx, to }, Ctx::None);
             }
             NodeEvent::ChangePeers(change, done) => self.change_peers(parts, change, done),
+            NodeEvent::SetElectionTimeout(t, drift) => {
+                let ev = Event::SetElectionTimeout {
+                    election_timeout_ms: t,
+                    max_clock_drift_ms: drift,
+                };
+                self.step(parts, ev, Ctx::None);
+            }
             NodeEvent::ResetPeers(conf, done) => {
                 self.st.next_ctx += 1;
                 let ctx = self.st.next_ctx;

@@ -299,3 +299,30 @@ fn a_follower_in_its_lease_ignores_a_later_term_in_a_stale_response() {
     assert_eq!(c.core(0).term(), term, "the lease holds the term");
     assert_eq!(c.core(0).leader(), Some(peer(1)));
 }
+
+/// braft's `reset_election_timeout_ms`: a follower given a shorter timeout campaigns first
+/// once the leader is gone (its lease still waited out); an invalid one is ignored.
+#[test]
+fn a_shorter_election_timeout_makes_a_follower_campaign_first() {
+    let mut c = Cluster::new(3);
+    c.elect(0);
+    c.step(
+        2,
+        Event::SetElectionTimeout {
+            election_timeout_ms: T / 5,
+            max_clock_drift_ms: 2,
+        },
+    );
+    assert_eq!(c.core(2).options().election_timeout_ms, T / 5);
+    c.step(
+        1,
+        Event::SetElectionTimeout {
+            election_timeout_ms: 5,
+            max_clock_drift_ms: 10,
+        },
+    );
+    assert_eq!(c.core(1).options().election_timeout_ms, T, "drift >= T: ignored");
+    c.crash(0);
+    c.advance(3 * T);
+    assert_eq!(c.leaders(), vec![2], "the node with the short timeout won");
+}
