@@ -80,8 +80,9 @@ impl RaftCore {
             slog::warn!(self.logger, "ignored an invalid election timeout"; "error" => %e);
             return;
         }
-        slog::info!(self.logger, "election timeout changed"; "from_ms" => self.opts.election_timeout_ms,
-            "to_ms" => t, "drift_ms" => drift);
+        let from_ms = self.opts.election_timeout_ms;
+        slog::info!(self.logger, "election timeout changed";
+            "from_ms" => from_ms, "to_ms" => t, "drift_ms" => drift);
         self.opts = opts;
         self.follower_lease.set_timeout(t);
         self.leader_lease = LeaderLease::new(t, drift);
