@@ -91,7 +91,9 @@ impl RaftCore {
         }
         slog::warn!(self.logger, "configuration forced without consensus";
             "from" => ?self.membership.effective(), "to" => ?conf);
-        self.membership = Membership::new(self.log.last_index(), conf.clone());
+        // Recorded at the commit index: a leader's truncation never reaches it, so the forced
+        // configuration stays below every entry a leader may later append.
+        self.membership = Membership::new(self.log.committed(), conf.clone());
         self.conf_forced = true;
         self.become_follower(self.term + 1, None);
         self.follower_lease.expire();
@@ -212,11 +214,17 @@ impl RaftCore {
         let (last, margin, now) = (self.log.last_index(), self.opts.catchup_margin, self.now_ms);
         let timeout = self.opts.election_timeout_ms;
         let effective = self.membership.effective();
+        // A peer installing a snapshot cannot move its match index until the copy is done;
+        // it counts as catching up while it keeps answering heartbeats.
         let stuck = change.target.voters().iter().find(|p| {
             !effective.voters().contains(p)
                 && **p != self.opts.id
                 && self.progress.get(p).is_some_and(|pr| {
-                    pr.match_index + margin < last && now >= pr.match_moved_ms + timeout
+                    let installing = pr.snapshot.is_some()
+                        && pr.last_ack_sent_ms.is_some_and(|a| now < a + timeout);
+                    pr.match_index + margin < last
+                        && now >= pr.match_moved_ms + timeout
+                        && !installing
                 })
         });
         if let Some(peer) = stuck.copied() {

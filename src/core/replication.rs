@@ -238,9 +238,13 @@ impl RaftCore {
     }
 
     /// Leader only: the time (this peer's clock) until which no other leader can exist, from
-    /// the quorum's acknowledgements; `None` when not leader or no quorum answered yet.
+    /// the quorum's acknowledgements; `None` when not leader, before the term's no-op
+    /// committed, during a transfer, or when no quorum answered yet.
     pub fn leader_lease_until_ms(&mut self) -> Option<u64> {
-        if self.role != Role::Leader || self.lease_void || self.transfer.is_some() {
+        // Until the term's no-op commits, this leader's commit index may lag what an earlier
+        // leader committed: its state is not yet one a lease may serve reads from.
+        let usable = self.role == Role::Leader && self.noop_committed();
+        if !usable || self.lease_void || self.transfer.is_some() {
             return None;
         }
         let quorum_ack_ms = self.quorum_ack_sent_ms();

@@ -366,7 +366,17 @@ impl LogManager {
                 st.first_log_index
             )));
         }
-        let term = self.shared.term_at_locked(&st, last_included.index);
+        let touches = last_included.index + 1 == st.first_log_index && st.prev_log_id.is_none();
+        let term = if touches {
+            // The log starts right after this snapshot (compacted or reset to it in an
+            // earlier life, which left the term before the first entry unknown): its base is
+            // the snapshot, and nothing may be reset. (Resetting here wiped every entry after
+            // an installed snapshot at the next restart, acknowledged ones included.)
+            st.prev_log_id = Some(last_included);
+            Some(last_included.term)
+        } else {
+            self.shared.term_at_locked(&st, last_included.index)
+        };
         st.config.set_snapshot(ConfigurationEntry {
             id: last_included,
             conf,

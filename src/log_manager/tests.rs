@@ -493,7 +493,27 @@ fn check_consistency_finds_a_gap_between_snapshot_and_log() {
     h.lm.set_snapshot(LogId::new(5, 1), conf).unwrap();
     h.lm.check_consistency().unwrap();
     assert_eq!(h.lm.first_log_index(), 6);
+    assert_eq!(
+        h.lm.last_log_index(),
+        10,
+        "the entries after the snapshot stay"
+    );
     assert_eq!(h.lm.term_at(5), Some(1));
+}
+
+/// After a restart, a log that starts right after the snapshot (compacted with no margin, or
+/// reset to it by an install) keeps every entry: the snapshot is its base.
+#[test]
+fn a_restarted_log_starting_right_after_the_snapshot_keeps_its_entries() {
+    let storage = Arc::new(MemoryLogStorage::new());
+    storage.append_entries(&entries(1, 10, 1, 4)).unwrap();
+    storage.truncate_prefix(6).unwrap(); // log 6..=10 after a compaction (or install) to 5
+    let h = harness(storage.clone());
+    let conf = Configuration::parse_voters("1.1.1.1:1:0").unwrap();
+    h.lm.set_snapshot(LogId::new(5, 1), conf).unwrap();
+    assert_eq!((h.lm.first_log_index(), h.lm.last_log_index()), (6, 10));
+    assert_eq!(h.lm.term_at(5), Some(1));
+    h.lm.check_consistency().unwrap();
 }
 
 #[test]

@@ -321,7 +321,11 @@ fn a_shorter_election_timeout_makes_a_follower_campaign_first() {
             max_clock_drift_ms: 10,
         },
     );
-    assert_eq!(c.core(1).options().election_timeout_ms, T, "drift >= T: ignored");
+    assert_eq!(
+        c.core(1).options().election_timeout_ms,
+        T,
+        "drift >= T: ignored"
+    );
     c.crash(0);
     c.advance(3 * T);
     assert_eq!(c.leaders(), vec![2], "the node with the short timeout won");

@@ -244,3 +244,78 @@ fn a_forced_configuration_lets_a_lone_survivor_lead_again() {
         [(10, Err(RaftError::Invalid { .. }))]
     ));
 }
+
+fn compacting(i: usize) -> CoreOptions {
+    let mut o = options(i);
+    o.snapshot_log_margin = 0;
+    o.catchup_margin = 0;
+    o
+}
+
+/// Found by review: a new voter that needs a snapshot cannot move its match index while it
+/// copies it; as long as it answers heartbeats the change waits for it, however long the
+/// copy takes, and then commits.
+#[test]
+fn a_new_voter_installing_a_long_snapshot_does_not_time_out_the_change() {
+    let mut c = Cluster::with_spares(3, 1, compacting);
+    c.elect(0);
+    c.propose(0, 5);
+    c.advance(2 * c.heartbeat());
+    let commit = c.core(0).commit_index();
+    let last = LogId::new(commit, c.core(0).term_at(commit).unwrap());
+    let conf = c.core(0).configuration().clone();
+    c.step(0, Event::SnapshotSaved { last, conf: &conf });
+    let target = conf_of(&[0, 1, 2, 3], &[]);
+    change(&mut c, 0, 7, &target);
+    c.advance(3 * c.heartbeat());
+    assert_eq!(c.core(3).installing(), Some(last), "the new voter installs");
+    c.advance(3 * T); // the copy takes three election timeouts
+    assert!(
+        done(&c.outcomes(0)).is_empty(),
+        "the change gave up on an installing voter"
+    );
+    let prefix = c.nodes[0].log[..last.index as usize].to_vec();
+    c.nodes[3].log = prefix.clone();
+    c.nodes[3].durable_log = prefix;
+    c.nodes[3].installed = last.index;
+    c.step(3, Event::SnapshotInstalled { last, ok: true });
+    c.advance(5 * c.heartbeat());
+    assert_eq!(done(&c.outcomes(0)), vec![(7, Ok(()))]);
+    assert_eq!(c.core(0).configuration(), &target);
+}
+
+/// Found by review: a forced configuration is recorded at the commit index, so a leader
+/// that truncates the forcing peer's uncommitted entries and appends a configuration entry
+/// of its own supersedes it cleanly (it used to trip the membership order in debug builds).
+#[test]
+fn a_forced_configuration_is_superseded_by_a_leaders_configuration_entry() {
+    let mut c = Cluster::with_spares(3, 1, options);
+    c.elect(0);
+    c.isolate(0);
+    c.propose(0, 3); // entries only 0 holds
+    c.deliver_all();
+    let l0 = c.core(0).last_log_id();
+    c.campaign(1);
+    c.advance(3 * c.heartbeat());
+    assert_eq!(c.core(1).role(), Role::Leader);
+    let target = conf_of(&[0, 1, 2], &[3]);
+    change(&mut c, 1, 1, &target);
+    c.advance(3 * c.heartbeat());
+    assert!(c.core(1).configuration_index() <= l0.index);
+    let forced = conf_of(&[0, 1], &[]);
+    c.step(
+        0,
+        Event::ResetConfiguration {
+            ctx: 9,
+            conf: &forced,
+        },
+    );
+    assert_eq!(c.core(0).configuration_index(), c.core(0).commit_index());
+    c.heal();
+    c.advance(5 * c.heartbeat());
+    assert_eq!(
+        c.core(0).configuration(),
+        &target,
+        "the leader's configuration wins"
+    );
+}

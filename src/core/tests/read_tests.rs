@@ -148,3 +148,44 @@ fn reads_are_refused_off_the_leader_and_by_a_deposed_leader() {
     );
     assert!(ready(&out).is_empty());
 }
+
+/// Found by review: the leader lease (what `Node::is_leader_lease_valid` reports) is not
+/// valid before the term's no-op commits: until then the new leader's commit index may lag
+/// writes an earlier leader committed and acknowledged.
+#[test]
+fn the_lease_is_not_valid_before_the_terms_noop_commits() {
+    let mut c = Cluster::new(3);
+    c.elect(0);
+    c.cut.insert((0, 2));
+    c.cut.insert((2, 0));
+    c.propose(0, 3);
+    c.deliver_all();
+    assert_eq!(
+        c.core(0).commit_index(),
+        4,
+        "the old leader committed 2..=4"
+    );
+    assert_eq!(
+        c.core(1).commit_index(),
+        1,
+        "1 has not heard the commit yet"
+    );
+    c.crash(0);
+    c.heal();
+    c.expire_election_timer(1);
+    for _ in 0..6 {
+        c.deliver_if(|_, _, m| matches!(m, Message::VoteRequest(_) | Message::VoteResponse(_)));
+    }
+    assert_eq!(c.core(1).role(), Role::Leader);
+    c.deliver_if(|_, to, m| to == 2 && matches!(m, Message::AppendEntries(_)));
+    c.deliver_if(|_, _, m| matches!(m, Message::AppendEntriesResponse(_)));
+    assert!(c.core(1).commit_index() < 4);
+    assert_eq!(c.nodes[1].core.leader_lease_until_ms(), None);
+    c.deliver_all();
+    c.advance(c.heartbeat());
+    assert!(c.core(1).noop_committed());
+    assert!(
+        c.nodes[1].core.leader_lease_until_ms().is_some(),
+        "valid once the no-op commits"
+    );
+}
