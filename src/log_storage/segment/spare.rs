@@ -28,8 +28,11 @@
 //! spare after it. A spare is never a reason to fail the log.
 //!
 //! Threads: in [`SparePreparation::Pool`] mode the job runs on the given pool (the runtime's
-//! disk pool), one chunk per turn while other jobs wait, so a log sync never waits behind
-//! more than one chunk. Its state is under a mutex held only to read or flip flags, never
+//! disk pool), one chunk per turn, then goes to the back of the pool's queue, so a log's disk
+//! queue never waits behind more than one chunk. It is not paced by the appends: pacing
+//! (keeping the zeros a fixed ratio ahead of the appended bytes, to spread their writeback
+//! over the segment's life) was tried and measured no different from writing them at once
+//! (docs/BENCHMARKS.md). Its state is under a mutex held only to read or flip flags, never
 //! across IO. Stopping (close or drop of the storage) waits for a turn in progress, so no
 //! job touches the directory once the storage released its lock.
 //!
@@ -51,11 +54,14 @@ pub(crate) const SPARE_FILE: &str = "log_spare";
 /// The name of a spare being prepared.
 pub(crate) const SPARE_TMP: &str = "log_spare.tmp";
 
-/// Bytes of zeros written per step (and at most per pool turn).
-const CHUNK: u64 = 1 << 20;
-/// Bytes written between two syncs of the spare: its writeback then happens in bounded
-/// pieces instead of one long flush that concurrent log syncs would queue behind.
-const SYNC_EVERY: u64 = 4 << 20;
+/// Bytes of zeros written per step; a pool turn is one step, so a log's disk queue waiting
+/// for a thread waits for at most one step (tens of microseconds, plus a sync every
+/// [`SYNC_EVERY`]).
+const CHUNK: u64 = 256 << 10;
+/// Bytes written between two syncs of the spare: its writeback then happens in pieces of
+/// about a millisecond of disk time instead of one long flush (64 MiB: tens of
+/// milliseconds) that concurrent log syncs would queue behind.
+const SYNC_EVERY: u64 = 1 << 20;
 
 static ZEROS: [u8; CHUNK as usize] = [0; CHUNK as usize];
 
@@ -70,7 +76,8 @@ pub enum SparePreparation {
     /// spare, inside that call. Deterministic (tests, single-threaded tools); the append that
     /// rolls over waits for a whole segment's worth of zeros.
     Inline,
-    /// By a job on this pool (a [`Runtime`](crate::Runtime)'s disk pool: `Node` passes it).
+    /// By a job on this pool (a [`Runtime`](crate::Runtime)'s disk pool: `Node` passes it),
+    /// one 256 KiB chunk per turn.
     /// A rollover that finds no ready spare (appends outran the preparation) preallocates a
     /// segment itself as in `Off` mode, without waiting.
     Pool(PoolHandle),
@@ -333,7 +340,7 @@ impl Drop for RunningGuard<'_> {
 }
 
 impl Job for PrepareJob {
-    fn run(self: Arc<Self>, pool: &PoolHandle) -> bool {
+    fn run(self: Arc<Self>, _pool: &PoolHandle) -> bool {
         let sp = &*self.0;
         let mut p = {
             let mut st = sp.state.lock();
@@ -347,32 +354,28 @@ impl Job for PrepareJob {
             st.progress.take().unwrap_or_default()
         };
         let _guard = RunningGuard(sp);
-        loop {
-            match sp.step(&mut p) {
-                Ok(true) => {
-                    sp.finished();
-                    return false;
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    sp.discard(p, &e);
-                    return false;
-                }
+        match sp.step(&mut p) {
+            Ok(true) => {
+                sp.finished();
+                false
             }
-            let mut st = sp.state.lock();
-            if st.stopped {
-                st.job = JobState::Idle;
+            Ok(false) => {
+                // One step per turn: back of the pool's queue, behind any log that waits.
+                let mut st = sp.state.lock();
+                st.job = if st.stopped {
+                    JobState::Idle
+                } else {
+                    st.progress = Some(p);
+                    JobState::Scheduled
+                };
+                let again = !st.stopped;
                 drop(st);
                 sp.changed.notify_all();
-                return false;
+                again
             }
-            if pool.has_waiting() {
-                // Yield after each chunk while other work (a log's disk queue) waits.
-                st.progress = Some(p);
-                st.job = JobState::Scheduled;
-                drop(st);
-                sp.changed.notify_all();
-                return true;
+            Err(e) => {
+                sp.discard(p, &e);
+                false
             }
         }
     }
