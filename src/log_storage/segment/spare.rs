@@ -16,11 +16,11 @@
 //! 3. rename it to `log_spare` and sync the directory: the spare is *ready*.
 //!
 //! Invariant: a file named `log_spare` is [`SegmentLogStorageOptions::segment_size`] bytes
-//! that were all written with zeros and synced before it got that name; nothing but a
-//! segment header (written by a rollover whose rename did not survive a crash) is ever
-//! written to it under that name. So recovery keeps it only if its length is right and its
-//! header area is still zeros (see `open.rs`), and removes `log_spare.tmp` unread: a
-//! half-filled spare is never used.
+//! that were all written with zeros and synced before it got that name; after that only a
+//! rollover writes to it (the header, through its new name), so a `log_spare` found at open
+//! holds zeros, or zeros and a header when a crash undid the rollover's rename. Recovery
+//! keeps it only if its length is right and its header area is still zeros (see `open.rs`),
+//! and removes `log_spare.tmp` unread: a half-filled spare is never used.
 //!
 //! A failed preparation (full disk, EIO) is logged and its file removed; nothing was
 //! promised on it. The next rollover then preallocates a segment itself as before
