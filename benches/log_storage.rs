@@ -1,5 +1,8 @@
 //! SegmentLogStorage append throughput with sync on, against the raw baseline: the same bytes
-//! written with one `pwrite` + one `fdatasync` per batch to a plain preallocated file.
+//! written with one `pwrite` + one `fdatasync` per batch to a plain file prepared as a segment
+//! is (preallocated and zero-filled; `TRAFT_BENCH_RAW=fallocate` preallocates only, as
+//! segments were before spares). The storage prepares its spare segments on a disk pool of
+//! one thread, as a node does on its runtime's.
 //! Entries of 256 B and 4 KiB, batches of 1, 32 and 256 entries. After criterion's report,
 //! prints the measured fdatasync latency and one summary line per case: entries/s and MB/s
 //! of both, and the median of per-round ratios (storage / baseline) over alternating rounds.
@@ -17,7 +20,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use traft::fs::RealFs;
-use traft::log_storage::{LogStorage, SegmentLogStorage, SegmentLogStorageOptions};
+use traft::log_storage::{
+    LogStorage, SegmentLogStorage, SegmentLogStorageOptions, SegmentStats, SparePreparation,
+};
+use traft::pool::{Pool, PoolHandle};
 use traft::{EntryType, LogEntry, LogId};
 
 const SIZES: [usize; 2] = [256, 4096];
@@ -67,14 +73,17 @@ struct StorageCase {
 }
 
 impl StorageCase {
-    fn new(dir: &Path, size: usize, batch: usize) -> StorageCase {
+    fn new(dir: &Path, pool: &PoolHandle, size: usize, batch: usize) -> StorageCase {
         let path = dir.join(format!("storage-{size}-{batch}"));
         let _ = std::fs::remove_dir_all(&path);
         let opts = SegmentLogStorageOptions {
             logger: traft::logging::discard_logger(),
+            spare: SparePreparation::Pool(pool.clone()),
             ..SegmentLogStorageOptions::default()
         };
         let storage = SegmentLogStorage::open(RealFs::shared(), &path, opts).expect("open");
+        // The first segment is a spare, as in a node that opened its log a moment ago.
+        storage.wait_spare_ready(Duration::from_secs(60));
         let payload = Bytes::from((0..size).map(|i| (i * 31 + 7) as u8).collect::<Vec<u8>>());
         let mut case = StorageCase {
             storage,
@@ -121,7 +130,8 @@ impl StorageCase {
 }
 
 /// The raw baseline: the same bytes per batch, one pwrite + one fdatasync each, appended at
-/// increasing offsets of a plain file preallocated with fallocate (as a segment is).
+/// increasing offsets of a plain file preallocated with fallocate and zero-filled (as a
+/// segment is; [`raw_zero_filled`]: false preallocates only).
 struct RawCase {
     path: PathBuf,
     file: File,
@@ -174,11 +184,25 @@ fn fresh_preallocated(path: &Path, len: u64) -> File {
     // SAFETY: fallocate on an fd we own, integer arguments only.
     let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
     assert_eq!(rc, 0, "fallocate: {}", std::io::Error::last_os_error());
+    if raw_zero_filled() {
+        let zeros = vec![0u8; 1 << 20];
+        let mut off = 0;
+        while off < len {
+            let n = (len - off).min(zeros.len() as u64) as usize;
+            file.write_all_at(&zeros[..n], off).expect("zero-fill");
+            off += n as u64;
+        }
+    }
     file.sync_all().expect("fsync");
     file
 }
 
-fn criterion_benches(c: &mut Criterion, dir: &Path) {
+/// True unless `TRAFT_BENCH_RAW=fallocate`: the baseline file is zero-filled like a segment.
+fn raw_zero_filled() -> bool {
+    std::env::var("TRAFT_BENCH_RAW").map_or(true, |v| v != "fallocate")
+}
+
+fn criterion_benches(c: &mut Criterion, dir: &Path, pool: &PoolHandle) {
     for size in SIZES {
         let mut g = c.benchmark_group(format!("log_storage_{size}B"));
         g.sample_size(10);
@@ -191,7 +215,7 @@ fn criterion_benches(c: &mut Criterion, dir: &Path) {
             g.bench_function(BenchmarkId::new("raw_pwrite_fdatasync", batch), |b| {
                 b.iter_custom(|iters| raw.run(iters as usize).0)
             });
-            let mut case = StorageCase::new(dir, size, batch);
+            let mut case = StorageCase::new(dir, pool, size, batch);
             g.bench_function(BenchmarkId::new("segment_storage", batch), |b| {
                 b.iter_custom(|iters| case.run(iters as usize))
             });
@@ -223,14 +247,21 @@ fn sync_latency(dir: &Path) {
 
 /// Alternates baseline and storage runs so that drift of the machine's speed hits both
 /// alike; reports the median of each and the median of per-round ratios.
-fn summary(dir: &Path) {
+fn summary(dir: &Path, pool: &PoolHandle) {
     sync_latency(dir);
-    println!("log_storage summary ({ROUNDS} alternating rounds per case; medians):");
+    println!(
+        "log_storage summary ({ROUNDS} alternating rounds per case; medians; raw file {}):",
+        if raw_zero_filled() {
+            "zero-filled"
+        } else {
+            "fallocated"
+        }
+    );
     for size in SIZES {
         for batch in BATCHES {
             let n = batches_per_run(size, batch);
             let bytes = batch_bytes(size, batch);
-            let mut case = StorageCase::new(dir, size, batch);
+            let mut case = StorageCase::new(dir, pool, size, batch);
             let mut raw_case = RawCase::new(dir, bytes);
             let (mut st, mut raw, mut ratio, mut sync) = (vec![], vec![], vec![], vec![]);
             for round in 0..ROUNDS {
@@ -254,24 +285,33 @@ fn summary(dir: &Path) {
             println!(
                 "log_storage size={size}B batch={batch} storage_entries_per_s={st:.0} \
                  storage_MB_per_s={:.1} raw_entries_per_s={raw:.0} raw_MB_per_s={:.1} \
-                 raw_fdatasync_p50={:.3}ms ratio={:.2}",
+                 raw_fdatasync_p50={:.3}ms ratio={:.2} segments_from_spare={} \
+                 segments_preallocated={}",
                 mb(st),
                 mb(raw),
                 median(sync) * 1e3,
-                median(ratio)
+                median(ratio),
+                stats_of(&case).from_spare,
+                stats_of(&case).preallocated,
             );
         }
     }
 }
 
+fn stats_of(case: &StorageCase) -> SegmentStats {
+    case.storage.segment_stats()
+}
+
 fn main() {
     let dir = bench_dir();
+    // Where the storage prepares spare segments: a node's disk pool.
+    let pool = Pool::new("disk", 1).expect("pool");
     let summary_only = std::env::args().any(|a| a == "--summary");
     if !summary_only {
         let mut c = Criterion::default().configure_from_args();
-        criterion_benches(&mut c, &dir);
+        criterion_benches(&mut c, &dir, &pool.handle());
         c.final_summary();
     }
-    summary(&dir);
+    summary(&dir, &pool.handle());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,7 +11,9 @@ use std::process::Command;
 
 use bytes::Bytes;
 use traft::fs::RealFs;
-use traft::log_storage::{LogStorage, SegmentLogStorage, SegmentLogStorageOptions};
+use traft::log_storage::{
+    LogStorage, SegmentLogStorage, SegmentLogStorageOptions, SparePreparation,
+};
 use traft::{EntryType, LogEntry, LogId, RaftError};
 
 const CHILD_ENV: &str = "TRAFT_FSIZE_CHILD_DIR";
@@ -21,6 +23,7 @@ fn open(dir: &Path) -> traft::Result<SegmentLogStorage> {
     let opts = SegmentLogStorageOptions {
         segment_size: 256 << 10,
         logger: traft::logging::discard_logger(),
+        spare: SparePreparation::Inline,
     };
     SegmentLogStorage::open(RealFs::shared(), dir, opts)
 }

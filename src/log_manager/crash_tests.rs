@@ -18,6 +18,7 @@ fn open(fs: &FaultFs, dir: &std::path::Path) -> SegmentLogStorage {
     let opts = SegmentLogStorageOptions {
         segment_size: 16 << 10,
         logger: crate::logging::discard_logger(),
+        spare: crate::log_storage::SparePreparation::Inline,
     };
     SegmentLogStorage::open(fs.shared(), dir, opts).unwrap()
 }

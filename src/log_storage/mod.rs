@@ -15,7 +15,7 @@ pub mod segment;
 
 pub(crate) use memory::check_batch;
 pub use memory::MemoryLogStorage;
-pub use segment::{SegmentLogStorage, SegmentLogStorageOptions};
+pub use segment::{SegmentLogStorage, SegmentLogStorageOptions, SegmentStats, SparePreparation};
 
 use crate::error::Result;
 use crate::types::LogEntry;

@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 
-use super::segment::SegmentLogStorageOptions;
+use super::segment::{SegmentLogStorageOptions, SparePreparation};
 use super::*;
 use crate::fs::{CrashMode, FaultFs};
 use crate::types::{EntryType, LogId, Rng};
@@ -74,6 +74,7 @@ impl Harness {
         let opts = SegmentLogStorageOptions {
             segment_size: 4096,
             logger: crate::logging::discard_logger(),
+            spare: SparePreparation::Inline,
         };
         let s = SegmentLogStorage::open(self.fs.shared(), self.dir.path(), opts);
         self.seg = Some(s.unwrap_or_else(|e| panic!("reopen failed: {e}")));

@@ -24,7 +24,7 @@ use crate::fs::DirLock;
 use crate::fsm_caller::{ClosureQueue, FsmCaller, FsmCallerOptions};
 use crate::log_manager::{LogManager, LogManagerOptions};
 use crate::log_storage::{
-    LogStorage, MemoryLogStorage, SegmentLogStorage, SegmentLogStorageOptions,
+    LogStorage, MemoryLogStorage, SegmentLogStorage, SegmentLogStorageOptions, SparePreparation,
 };
 use crate::meta_storage::RaftMetaStorage;
 use crate::node_manager::NodeManager;
@@ -322,6 +322,8 @@ fn step5_log(cx: &mut Ctx<'_>, opts: &NodeOptions) -> Result<(DirLock, Arc<LogMa
     } else {
         let seg_opts = SegmentLogStorageOptions {
             logger: cx.logger.clone(),
+            // Segments are prepared ahead (zero-filled and synced) on the disk pool.
+            spare: SparePreparation::Pool(cx.runtime.disk_pool()),
             ..SegmentLogStorageOptions::default()
         };
         let dir = opts.data_path.join("log");

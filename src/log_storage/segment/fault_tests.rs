@@ -279,3 +279,36 @@ fn an_empty_open_segment_left_by_a_crash_is_reused_or_replaced() {
         assert_log(&s, 1, &want);
     }
 }
+
+#[test]
+fn rollover_onto_a_spare_then_crash_at_each_step_keeps_every_synced_entry() {
+    // Entries 21..=30 fill the open segment and roll over onto the spare (4096-byte
+    // segments hold 9 of them), which prepares the next spare inline: every step of taking a
+    // spare and of preparing one is interrupted once.
+    let new: Vec<LogEntry> = (21..=30).map(|i| entry(i, 2, 400)).collect();
+    let steps = crash_at_each_step(
+        twenty_entries,
+        |s| {
+            for e in &new {
+                s.append_entries(std::slice::from_ref(e))?;
+            }
+            Ok(())
+        },
+        |step, s, old, ok| {
+            let mut all = old.to_vec();
+            all.extend_from_slice(&new);
+            let last = s.last_log_index();
+            assert!(
+                (20..=30).contains(&last) && (!ok || last == 30),
+                "step {step}: log ends at {last} (op ok: {ok})"
+            );
+            assert_log(s, 1, &all[..last as usize]);
+            // The reopened log goes on, through further rollovers.
+            let more: Vec<LogEntry> = (last + 1..=last + 12).map(|i| entry(i, 3, 400)).collect();
+            for e in &more {
+                s.append_entries(std::slice::from_ref(e)).unwrap();
+            }
+        },
+    );
+    assert!(steps >= 20, "only {steps} steps");
+}

@@ -347,6 +347,8 @@ mod tests {
         for other in [
             "log_meta",
             "log_meta.tmp",
+            "log_spare",
+            "log_spare.tmp",
             "LOCK",
             "log_1_2",
             "log_inprogress_x",

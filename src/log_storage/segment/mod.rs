@@ -10,9 +10,14 @@
 //! segment at the cut by renaming it to its closed name, and a new segment takes the next
 //! entries.
 //!
+//! New segments come from a *spare*: a file written with zeros and synced ahead of time
+//! (`spare.rs`), so that appends overwrite written blocks; without a ready spare a rollover
+//! preallocates the segment itself.
+//!
 //! Threads: mutators run on the disk pool, one at a time (a writer lock serialises them and
 //! is held across their IO; readers never take it); readers run anywhere and only take the
-//! index's read lock, for a lookup. All IO goes through [`FileSystem`].
+//! index's read lock, for a lookup. Spares are prepared by a job on the pool given in the
+//! options. All IO goes through [`FileSystem`].
 //!
 //! Recovery (at [`SegmentLogStorage::open`]) checks every record of every segment, cuts a
 //! torn last batch back and fails with [`RaftError::Corruption`] for damage to anything that
@@ -22,7 +27,10 @@ mod format;
 mod index;
 mod open;
 mod recovery;
+mod spare;
 mod writer;
+
+pub use spare::{SegmentStats, SparePreparation};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,6 +46,7 @@ use crate::types::LogEntry;
 
 use format::{BATCH_END_LEN, HEADER_LEN, RECORD_HEADER_LEN};
 use index::Index;
+use spare::Spares;
 use writer::Writer;
 
 /// Settings of a [`SegmentLogStorage`].
@@ -48,6 +57,11 @@ pub struct SegmentLogStorageOptions {
     pub segment_size: u64,
     /// Where recovery decisions (a torn tail cut back) are logged.
     pub logger: Logger,
+    /// Where the next segment is prepared ahead of time (written with zeros and synced, so
+    /// that appends' syncs commit no extent conversion). Default
+    /// [`SparePreparation::Off`]: segments are preallocated at rollover. `Node` passes its
+    /// runtime's disk pool.
+    pub spare: SparePreparation,
 }
 
 impl Default for SegmentLogStorageOptions {
@@ -55,6 +69,7 @@ impl Default for SegmentLogStorageOptions {
         SegmentLogStorageOptions {
             segment_size: 64 << 20,
             logger: crate::logging::default_logger(),
+            spare: SparePreparation::Off,
         }
     }
 }
@@ -85,10 +100,13 @@ impl SegmentLogStorageOptions {
 pub struct SegmentLogStorage {
     dir: PathBuf,
     fs: Arc<dyn FileSystem>,
-    /// Lock order: `writer` -> `index`.
+    /// Lock order: `writer` -> `index`; `writer` -> the spares' state.
     writer: Mutex<Writer>,
     index: RwLock<Index>,
+    spares: Arc<Spares>,
     logger: Logger,
+    /// Dropped last: no spare preparation touches the directory after it is released
+    /// (`Drop` stops it first).
     _lock: DirLock,
 }
 
@@ -122,16 +140,49 @@ impl SegmentLogStorage {
             fs.sync_dir(&crate::fs::parent_dir(dir)?)?;
         }
         let lock = fs.lock_dir(dir)?;
-        let recovered = open::recover(&*fs, dir, &opts.logger)?;
-        let writer = Writer::new(fs.clone(), dir, recovered.meta, recovered.open, &opts);
+        let spare_size = match opts.spare {
+            SparePreparation::Off => None,
+            _ => Some(opts.segment_size),
+        };
+        let recovered = open::recover(&*fs, dir, spare_size, &opts.logger)?;
+        let spares = Spares::new(
+            fs.clone(),
+            dir.to_path_buf(),
+            opts.segment_size,
+            opts.spare.clone(),
+            recovered.spare_ready,
+            opts.logger.clone(),
+        );
+        let writer = Writer::new(
+            fs.clone(),
+            dir,
+            recovered.meta,
+            recovered.open,
+            spares.clone(),
+            &opts,
+        );
+        // The log will need a segment sooner or later: start preparing it now.
+        spares.request();
         Ok(SegmentLogStorage {
             dir: dir.to_path_buf(),
             fs,
             writer: Mutex::new(writer),
             index: RwLock::new(recovered.index),
+            spares,
             logger: opts.logger,
             _lock: lock,
         })
+    }
+
+    /// How this storage's segments were made so far (spares used, segments preallocated).
+    pub fn segment_stats(&self) -> SegmentStats {
+        self.spares.stats()
+    }
+
+    /// Waits up to `timeout` until a spare segment is ready or no preparation is under way;
+    /// true if one is ready (tests and benches: to start from a known state).
+    pub fn wait_spare_ready(&self, timeout: std::time::Duration) -> bool {
+        self.spares.enabled() && self.spares.wait_ready(timeout)
     }
 
     /// The directory this log lives in.
@@ -211,7 +262,17 @@ impl LogStorage for SegmentLogStorage {
     }
 
     fn close(&self) -> Result<()> {
-        self.writer.lock().close(&self.index)
+        let r = self.writer.lock().close(&self.index);
+        self.spares.stop();
+        r
+    }
+}
+
+impl Drop for SegmentLogStorage {
+    fn drop(&mut self) {
+        // Before the directory lock is released (fields drop after this): a spare being
+        // prepared must not touch files that the next owner of the directory reads.
+        self.spares.stop();
     }
 }
 
@@ -223,3 +284,6 @@ mod torn_tests;
 
 #[cfg(test)]
 mod fault_tests;
+
+#[cfg(test)]
+mod spare_tests;

@@ -3,6 +3,8 @@
 //!
 //! Runs once, on the thread that opens the storage. Every check happens before the first
 //! change, so a [`RaftError::Corruption`] leaves the directory exactly as it was found.
+//! Spare segments (`spare.rs`) are kept only when provably whole; a half-prepared one is
+//! removed, never used.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,13 +18,16 @@ use crate::log_storage::segment::format::{
 };
 use crate::log_storage::segment::index::{Index, SegmentView};
 use crate::log_storage::segment::recovery::{self, OpenScan, Scanned};
+use crate::log_storage::segment::spare::{SPARE_FILE, SPARE_TMP};
 use crate::log_storage::segment::writer::OpenSegment;
 
-/// What recovery found: the meta, the read view, and the segment appends continue in.
+/// What recovery found: the meta, the read view, the segment appends continue in, and
+/// whether a ready spare segment was kept.
 pub(crate) struct Recovered {
     pub meta: LogMeta,
     pub index: Index,
     pub open: Option<OpenSegment>,
+    pub spare_ready: bool,
 }
 
 /// A segment file with a valid header, not yet scanned.
@@ -265,6 +270,43 @@ fn check_contiguous(meta: &LogMeta, kept: Vec<Kept>, plan: &mut Plan) -> Result<
     Ok(out)
 }
 
+/// Decides about spare segments (`spare.rs`): a half-prepared `log_spare.tmp` is removed
+/// unread; a `log_spare` is kept only when spares are on (`spare_size` is `Some`), its length
+/// is the segment size and its header area is still zeros. Its data area needs no check: it
+/// was all zeros and synced before the file got that name, and nothing but a header is ever
+/// written to it under that name (by a rollover whose rename a crash undid; that header
+/// would name a first index the file does not get at its next use, so such a file goes).
+/// Returns true if `log_spare` is kept.
+fn check_spare(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    names: &[String],
+    spare_size: Option<u64>,
+    plan: &mut Plan,
+) -> Result<bool> {
+    if names.iter().any(|n| n == SPARE_TMP) {
+        plan.remove.push(dir.join(SPARE_TMP));
+    }
+    if !names.iter().any(|n| n == SPARE_FILE) {
+        return Ok(false);
+    }
+    let path = dir.join(SPARE_FILE);
+    let Some(size) = spare_size else {
+        plan.remove.push(path);
+        return Ok(false);
+    };
+    let file = fs.open(&path, OpenOptions::READ)?;
+    let mut head = [0u8; HEADER_LEN as usize];
+    let usable = file.size()? == size && {
+        fs::read_exact_at(&*file, &mut head, 0)?;
+        head.iter().all(|&b| b == 0)
+    };
+    if !usable {
+        plan.remove.push(path);
+    }
+    Ok(usable)
+}
+
 fn apply(fs: &dyn FileSystem, dir: &Path, names: &[String], plan: &Plan) -> Result<()> {
     let mut changed = false;
     for p in &plan.remove {
@@ -286,14 +328,21 @@ fn apply(fs: &dyn FileSystem, dir: &Path, names: &[String], plan: &Plan) -> Resu
     Ok(())
 }
 
-/// Opens the log in `dir` (already locked): see the module documentation.
-pub(crate) fn recover(fs: &dyn FileSystem, dir: &Path, logger: &Logger) -> Result<Recovered> {
+/// Opens the log in `dir` (already locked): see the module documentation. `spare_size` is
+/// the size of a spare segment, `None` when spares are off.
+pub(crate) fn recover(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    spare_size: Option<u64>,
+    logger: &Logger,
+) -> Result<Recovered> {
     let names = fs.read_dir(dir)?;
     let meta = load_meta(fs, dir, &names)?;
     let mut plan = Plan::default();
     let cands = candidates(fs, dir, &meta, &names, &mut plan)?;
     let kept = scan(dir, cands, logger, &mut plan)?;
     let kept = check_contiguous(&meta, kept, &mut plan)?;
+    let spare_ready = check_spare(fs, dir, &names, spare_size, &mut plan)?;
     apply(fs, dir, &names, &plan)?;
 
     let mut index = Index::empty(meta.first_log_index);
@@ -320,5 +369,10 @@ pub(crate) fn recover(fs: &dyn FileSystem, dir: &Path, logger: &Logger) -> Resul
     }
     // Trims the term runs of entries before first_log_index; no segment is dropped here.
     let _none = index.truncate_prefix(meta.first_log_index);
-    Ok(Recovered { meta, index, open })
+    Ok(Recovered {
+        meta,
+        index,
+        open,
+        spare_ready,
+    })
 }

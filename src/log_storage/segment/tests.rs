@@ -38,6 +38,7 @@ pub(crate) fn opts(segment_size: u64) -> SegmentLogStorageOptions {
     SegmentLogStorageOptions {
         segment_size,
         logger: crate::logging::discard_logger(),
+        spare: SparePreparation::Inline,
     }
 }
 

@@ -6,8 +6,10 @@
 //! - a batch is written with one `pwrite` at the open segment's `write_offset` (entries, then
 //!   its batch end) and synced before it is published to readers and before anything else is
 //!   written to that segment;
-//! - bytes at and after `write_offset` are zeros never written before; nothing below it is
-//!   ever written again (a torn segment is sealed, never appended to);
+//! - bytes at and after `write_offset` read as zeros and were never written with anything
+//!   else: a new segment is a spare whose every byte was written with zeros and synced
+//!   (`spare.rs`), or, when none is ready, a preallocated file; nothing below `write_offset`
+//!   is ever written again (a torn segment is sealed, never appended to);
 //! - any IO error leaves the storage failed: no further writes, no retried sync.
 
 use std::path::{Path, PathBuf};
@@ -24,6 +26,7 @@ use crate::log_storage::segment::format::{
     BATCH_END_LEN, HEADER_LEN, META_FILE,
 };
 use crate::log_storage::segment::index::{Index, SegmentView};
+use crate::log_storage::segment::spare::Spares;
 use crate::log_storage::segment::{SegmentLogStorageOptions, ENTRY_DATA_MAX};
 use crate::types::LogEntry;
 
@@ -32,7 +35,8 @@ pub(crate) struct OpenSegment {
     pub file: Arc<dyn File>,
     pub first_index: u64,
     pub salt: u64,
-    /// Invariant: every byte at and after this offset is a zero never written before.
+    /// Invariant: every byte at and after this offset reads as zero and was never written
+    /// with anything but zeros.
     pub write_offset: u64,
     /// The file's preallocated length.
     pub capacity: u64,
@@ -60,6 +64,8 @@ pub(crate) struct Writer {
     failed: Option<RaftError>,
     closed: bool,
     segment_size: u64,
+    /// The spare segment rollovers take (`spare.rs`).
+    spares: Arc<Spares>,
     logger: Logger,
 }
 
@@ -76,6 +82,7 @@ impl Writer {
         dir: &Path,
         meta: LogMeta,
         open: Option<OpenSegment>,
+        spares: Arc<Spares>,
         opts: &SegmentLogStorageOptions,
     ) -> Writer {
         Writer {
@@ -87,6 +94,7 @@ impl Writer {
             failed: None,
             closed: false,
             segment_size: opts.segment_size,
+            spares,
             logger: opts.logger.clone(),
         }
     }
@@ -215,7 +223,13 @@ impl Writer {
         }
         // An entry larger than a segment gets one of exactly its size: nothing else fits.
         let capacity = self.segment_size.max(HEADER_LEN + need + 2 * BATCH_END_LEN);
-        let seg = self.create_segment(first_index, capacity)?;
+        let from_spare = capacity == self.segment_size && self.spares.take();
+        let seg = if from_spare {
+            self.segment_from_spare(first_index, capacity)?
+        } else {
+            self.create_segment(first_index, capacity)?
+        };
+        self.spares.count_segment(from_spare);
         index.write().segments.push(SegmentView {
             first_index,
             offsets: Vec::new(),
@@ -223,21 +237,63 @@ impl Writer {
             open: true,
         });
         self.open = Some(seg);
+        // `log_spare` was renamed away above: a new spare may take the name.
+        self.spares.request();
         Ok(())
     }
 
+    /// Removes a stale file at the open segment's name: one of an older epoch whose removal
+    /// failed; its inode lives on for any reader still holding its mapping.
+    fn remove_stale(&self, path: &Path) -> Result<()> {
+        if self.fs.exists(path) {
+            self.fs.remove_file(path)?;
+        }
+        Ok(())
+    }
+
+    /// Makes the ready spare (claimed by the caller) the open segment: the same steps as
+    /// [`Writer::create_segment`] with "create and preallocate" replaced by "rename the
+    /// spare", so every crash state is one that creation could leave, plus a `log_spare`
+    /// holding a header, which recovery discards. The spare's bytes are zeros that were
+    /// written and synced, so appends to it overwrite written blocks and their syncs commit
+    /// no extent conversion.
+    fn segment_from_spare(&mut self, first_index: u64, capacity: u64) -> Result<OpenSegment> {
+        let path = self.dir.join(format::open_name(first_index));
+        self.remove_stale(&path)?;
+        self.fs.rename(&self.spares.spare_path(), &path)?;
+        // Reopened under its new name, so errors and fault rules name the segment.
+        let file = self.fs.open(&path, OpenOptions::WRITE)?;
+        let size = file.size()?;
+        if size != capacity {
+            return Err(invariant(&format!(
+                "spare segment has {size} bytes, expected {capacity}"
+            )));
+        }
+        self.finish_segment(file, first_index, capacity)
+    }
+
+    /// Creates and preallocates a segment (no spare ready, spares off, or an entry larger
+    /// than a segment). Its extents are unwritten: correct, but each sync also commits
+    /// their conversion.
     fn create_segment(&mut self, first_index: u64, capacity: u64) -> Result<OpenSegment> {
         let path = self.dir.join(format::open_name(first_index));
-        if self.fs.exists(&path) {
-            // A stale file of an older epoch whose removal failed; its inode lives on for
-            // any reader still holding its mapping.
-            self.fs.remove_file(&path)?;
-        }
+        self.remove_stale(&path)?;
         let file = self.fs.open(&path, OpenOptions::CREATE_NEW)?;
         if let Err(e) = file.allocate(capacity) {
             let _ = self.fs.remove_file(&path);
             return Err(e);
         }
+        self.finish_segment(file, first_index, capacity)
+    }
+
+    /// Writes and syncs the header of a new segment file (named, every byte after the header
+    /// zeros), then syncs the directory: only then may entries go in.
+    fn finish_segment(
+        &mut self,
+        file: Arc<dyn File>,
+        first_index: u64,
+        capacity: u64,
+    ) -> Result<OpenSegment> {
         let header = SegmentHeader {
             first_index,
             epoch: self.meta.epoch,
