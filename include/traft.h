@@ -15,7 +15,8 @@ typedef enum TraftStatus {
   TRAFT_OK = 0,
   // Not the leader; retry on the leader (`traft_node_leader`).
   TRAFT_NOT_LEADER = 1,
-  // A bounded queue is full; retry later.
+  // Retry later: a bounded queue is full or the leader is busy (configuration change,
+  // leader transfer, or its term just started).
   TRAFT_BUSY = 2,
   // The node or server is stopped.
   TRAFT_STOPPED = 3,

@@ -31,7 +31,8 @@ pub enum TraftStatus {
     TraftOk = 0,
     /// Not the leader; retry on the leader (`traft_node_leader`).
     TraftNotLeader = 1,
-    /// A bounded queue is full; retry later.
+    /// Retry later: a bounded queue is full or the leader is busy (configuration change,
+    /// leader transfer, or its term just started).
     TraftBusy = 2,
     /// The node or server is stopped.
     TraftStopped = 3,

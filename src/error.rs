@@ -26,7 +26,9 @@ pub enum RaftError {
         /// The leader this peer believes in, to redirect the request to.
         leader: Option<PeerId>,
     },
-    /// A bounded queue or budget is full; retry later.
+    /// Retry later: a bounded queue or budget is full, or the leader is in the middle of
+    /// something the request must wait for (a configuration change, a leader transfer, its
+    /// term's first entry not yet committed).
     Busy,
     /// The component was stopped (shutdown, or a queue after `stop`).
     Stopped,
@@ -153,7 +155,7 @@ impl fmt::Display for RaftError {
         match self {
             RaftError::NotLeader { leader: Some(l) } => write!(f, "not the leader; leader is {l}"),
             RaftError::NotLeader { leader: None } => write!(f, "not the leader; leader unknown"),
-            RaftError::Busy => write!(f, "busy: a bounded queue is full, retry later"),
+            RaftError::Busy => write!(f, "busy: retry later"),
             RaftError::Stopped => write!(f, "stopped"),
             RaftError::Invalid { reason } => write!(f, "invalid argument: {reason}"),
             RaftError::Io {

@@ -13,7 +13,8 @@ use traft::{GroupId, RaftError};
 const WITHIN: Duration = Duration::from_secs(10);
 
 /// Runs `op` on the current leader, asking again when leadership moved meanwhile (a loaded
-/// machine delays heartbeats); returns the leader that answered `Ok`.
+/// machine delays heartbeats) or the leader answered `Busy`; returns the leader that
+/// answered `Ok`.
 fn on_leader(
     c: &Cluster,
     op: impl Fn(&traft::node::Node) -> Result<(), RaftError>,
@@ -25,6 +26,11 @@ fn on_leader(
         match op(c.node(l)) {
             Ok(()) => return l,
             Err(RaftError::NotLeader { .. }) if std::time::Instant::now() < deadline => {}
+            // A new leader refuses changes until its term's first entry commits; clients
+            // back off and retry.
+            Err(RaftError::Busy) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
             Err(e) => panic!("{what}: {e}\n{}", c.describe()),
         }
     }
@@ -109,18 +115,86 @@ fn read_index_on_a_deposed_leader_fails() {
     c.faults.heal_all();
 }
 
-/// The leader lease is valid on the leader only, and reads under it need no round trip.
+/// The leader lease is valid on the leader only: at no moment do two nodes hold one.
 #[test]
 fn the_leader_lease_is_valid_on_the_leader_only() {
     let c = Cluster::start("leader_lease", ClusterOptions::new(3));
-    let l = c.wait_leader(election_bound());
+    c.wait_leader(election_bound());
     c.apply(Bytes::from_static(b"x"), WITHIN);
-    c.wait("the lease is valid on the leader", WITHIN, || {
-        c.node(l).is_leader_lease_valid()
+    let holders = || -> Vec<usize> {
+        c.running()
+            .filter(|(_, n)| n.is_leader_lease_valid())
+            .map(|(i, _)| i)
+            .collect()
+    };
+    // Leadership may move under load: whichever node holds the lease must be the leader.
+    c.wait("the leader, and only it, holds the lease", WITHIN, || {
+        let h = holders();
+        h.len() == 1 && c.role(h[0]) == Some(traft::Role::Leader)
     });
-    for i in (0..3).filter(|i| *i != l) {
-        assert!(!c.node(i).is_leader_lease_valid(), "follower {i}");
+    assert!(
+        c.holds_for(Duration::from_millis(500), || holders().len() <= 1),
+        "two nodes held a valid lease at once\n{}",
+        c.describe()
+    );
+}
+
+/// Stalls `on_leader_start` on the given state machines while alive; released on drop, so a
+/// failing assertion cannot leave the cluster's shutdown waiting on a held state machine.
+struct HoldLeaderStart(Vec<cluster::kv::KvHandle>);
+
+impl HoldLeaderStart {
+    fn set(&self, on: bool) {
+        for kv in &self.0 {
+            kv.0.lock().hold_leader_start = on;
+        }
     }
+}
+
+impl Drop for HoldLeaderStart {
+    fn drop(&mut self) {
+        self.set(false);
+    }
+}
+
+/// A new leader whose state machine has not yet applied its term's first entry reports no
+/// valid lease, even once that entry committed: a local read would miss earlier writes.
+#[test]
+fn the_lease_waits_for_the_state_machine_to_apply_the_terms_first_entry() {
+    let mut c = Cluster::start("lease_applied", ClusterOptions::new(3));
+    let l = c.wait_leader(election_bound());
+    c.apply(Bytes::from_static(b"before"), WITHIN);
+    let old_last = c.node(l).status().last_log_id.index;
+    let held_sms = HoldLeaderStart(c.members.iter().map(|m| m.kv.clone()).collect());
+    held_sms.set(true);
+    c.kill(l);
+    let others: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+    let mut m = usize::MAX;
+    c.wait(
+        "a new leader commits its term's first entry",
+        WITHIN,
+        || {
+            m = c.leaders().into_iter().next().unwrap_or(usize::MAX);
+            m != usize::MAX && c.node(m).status().commit_index > old_last
+        },
+    );
+    assert!(others.contains(&m));
+    let held = c.holds_for(Duration::from_millis(300), || {
+        !c.node(m).is_leader_lease_valid()
+    });
+    drop(held_sms);
+    assert!(
+        held,
+        "the lease was valid before the state machine applied the term's first entry\n{}",
+        c.describe()
+    );
+    c.wait("the lease is valid once applied", WITHIN, || {
+        c.node(m).is_leader_lease_valid()
+    });
+    assert!(c.members[m]
+        .kv
+        .data()
+        .contains(&Bytes::from_static(b"before")));
 }
 
 /// Leader transfer: the target leads next, nothing committed is lost, and writes go on.

@@ -484,18 +484,6 @@ impl RaftCore {
         self.progress.iter()
     }
 
-    /// Leader: the index of this term's first entry (its no-op); a state machine that has
-    /// applied it has applied everything earlier leaders committed.
-    pub fn term_start_index(&self) -> Option<u64> {
-        if self.role != Role::Leader {
-            return None;
-        }
-        (self.log.base().index + 1..=self.log.last_index())
-            .rev()
-            .take_while(|i| self.log.term_at(*i) == Some(self.term))
-            .last()
-    }
-
     /// The first index the log holds (entries before it are in the snapshot).
     pub fn first_index(&self) -> u64 {
         self.log.base().index + 1

@@ -45,14 +45,24 @@ impl Node {
     /// True while this node leads with a valid lease: a quorum acknowledged it recently
     /// enough that no other leader can exist yet (clocks within `max_clock_drift_ms`). A
     /// read served locally while this holds is linearizable, without a round trip; braft's
-    /// `is_leader_lease_valid`.
+    /// `is_leader_lease_valid`. False until this node's state machine has applied the
+    /// term's first entry, so a local read also sees every write earlier leaders acknowledged.
     pub fn is_leader_lease_valid(&self) -> bool {
         if active(&self.shared).is_err() {
             return false;
         }
+        // The caller reads its state machine next, so the lease only counts once the
+        // machine holds the term's no-op: then it holds every entry an earlier leader
+        // acknowledged. Read before the core lock (the two locks never nest); the applied
+        // index only grows, so an early read is the conservative one.
+        let applied_term = match self.shared.parts() {
+            Some(parts) => parts.fsm.last_applied().term,
+            None => return false,
+        };
         let now = now_ms();
         let mut core = self.shared.core.lock();
         core.as_mut()
+            .filter(|c| c.term() == applied_term)
             .and_then(|c| c.leader_lease_until_ms())
             .is_some_and(|until| now < until)
     }

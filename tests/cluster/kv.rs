@@ -29,6 +29,9 @@ pub struct KvState {
     pub seen: std::collections::HashSet<Bytes>,
     /// Committed payloads that were already applied: retries whose first attempt committed.
     pub duplicates: u64,
+    /// While set, `on_leader_start` waits: the node's applies stall behind it, as behind a
+    /// slow user callback.
+    pub hold_leader_start: bool,
 }
 
 /// Shared view of one node's state machine.
@@ -112,6 +115,11 @@ impl StateMachine for KvSm {
     }
 
     fn on_leader_start(&mut self, term: u64) {
+        // Polls rather than parks so the test flips one plain field; the stall only ever
+        // lasts as long as a test holds it.
+        while self.h.0.lock().hold_leader_start {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         self.h.0.lock().leader_terms.push(term);
     }
 
