@@ -79,10 +79,12 @@ impl StorageCase {
         let opts = SegmentLogStorageOptions {
             logger: traft::logging::discard_logger(),
             spare: SparePreparation::Pool(pool.clone()),
+            // The steady state of a busy log: every segment comes from a spare, the first
+            // one too (a node's first segment is preallocated; its successors are spares).
+            spare_after_bytes: Some(0),
             ..SegmentLogStorageOptions::default()
         };
         let storage = SegmentLogStorage::open(RealFs::shared(), &path, opts).expect("open");
-        // The first segment is a spare, as in a node that opened its log a moment ago.
         storage.wait_spare_ready(Duration::from_secs(60));
         let payload = Bytes::from((0..size).map(|i| (i * 31 + 7) as u8).collect::<Vec<u8>>());
         let mut case = StorageCase {

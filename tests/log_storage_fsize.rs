@@ -24,6 +24,7 @@ fn open(dir: &Path) -> traft::Result<SegmentLogStorage> {
         segment_size: 256 << 10,
         logger: traft::logging::discard_logger(),
         spare: SparePreparation::Inline,
+        spare_after_bytes: None,
     };
     SegmentLogStorage::open(RealFs::shared(), dir, opts)
 }

@@ -19,6 +19,7 @@ fn open(fs: &FaultFs, dir: &std::path::Path) -> SegmentLogStorage {
         segment_size: 16 << 10,
         logger: crate::logging::discard_logger(),
         spare: crate::log_storage::SparePreparation::Inline,
+        spare_after_bytes: None,
     };
     SegmentLogStorage::open(fs.shared(), dir, opts).unwrap()
 }

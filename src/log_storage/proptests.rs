@@ -75,6 +75,7 @@ impl Harness {
             segment_size: 4096,
             logger: crate::logging::discard_logger(),
             spare: SparePreparation::Inline,
+            spare_after_bytes: None,
         };
         let s = SegmentLogStorage::open(self.fs.shared(), self.dir.path(), opts);
         self.seg = Some(s.unwrap_or_else(|e| panic!("reopen failed: {e}")));

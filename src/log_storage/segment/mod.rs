@@ -62,6 +62,13 @@ pub struct SegmentLogStorageOptions {
     /// [`SparePreparation::Off`]: segments are preallocated at rollover. `Node` passes its
     /// runtime's disk pool.
     pub spare: SparePreparation,
+    /// Bytes appended into the open segment before its successor's spare is prepared.
+    /// `None` (default): a quarter of `segment_size`, so a log that writes little never
+    /// zero-fills a segment it does not need (a process hosting many groups would otherwise
+    /// write a whole segment of zeros per group at start, competing with every group's
+    /// syncs), while a busy log still has three quarters of a segment's appends to prepare
+    /// the next. `Some(0)`: at open and right after every rollover.
+    pub spare_after_bytes: Option<u64>,
 }
 
 impl Default for SegmentLogStorageOptions {
@@ -70,6 +77,7 @@ impl Default for SegmentLogStorageOptions {
             segment_size: 64 << 20,
             logger: crate::logging::default_logger(),
             spare: SparePreparation::Off,
+            spare_after_bytes: None,
         }
     }
 }
@@ -161,8 +169,8 @@ impl SegmentLogStorage {
             spares.clone(),
             &opts,
         );
-        // The log will need a segment sooner or later: start preparing it now.
-        spares.request();
+        // A recovered open segment may already be past the point where its successor is due.
+        writer.request_spare_if_due();
         Ok(SegmentLogStorage {
             dir: dir.to_path_buf(),
             fs,

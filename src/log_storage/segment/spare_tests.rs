@@ -23,6 +23,8 @@ fn open_mode(
 ) -> Result<SegmentLogStorage> {
     let mut o = opts(segment_size);
     o.spare = spare;
+    // Eager: these tests are about preparing and keeping spares, not about when.
+    o.spare_after_bytes = Some(0);
     SegmentLogStorage::open(fs, dir, o)
 }
 
@@ -244,5 +246,42 @@ fn a_pool_prepares_spares_in_the_background() {
     want.extend(append_rollovers(&s, next, 1, 2));
     let st = s.segment_stats();
     assert_eq!((st.from_spare, st.preallocated), (0, 2), "{st:?}");
+    assert_log(&s, 1, &want);
+}
+
+#[test]
+fn a_log_asks_for_its_next_spare_only_once_a_quarter_of_its_segment_is_used() {
+    let dir = tempdir();
+    let fs = FaultFs::new(dir.path(), 5).unwrap();
+    let mut o = opts(SEGMENT);
+    o.spare = SparePreparation::Inline;
+    let s = SegmentLogStorage::open(fs.shared(), dir.path(), o).unwrap();
+    let spare = dir.path().join(SPARE_FILE);
+    assert!(!spare.exists(), "a spare was prepared before any append");
+    // 300-byte entries, one per batch: the first segment is preallocated; four stay well
+    // under a quarter of it (2 KiB), eight are well over.
+    let mut want = Vec::new();
+    for i in 1..=8 {
+        want.push(entry(i, 1, 300));
+        s.append_entries(std::slice::from_ref(&want[want.len() - 1]))
+            .unwrap();
+        if i <= 4 {
+            assert!(!spare.exists(), "spare asked for after entry {i}");
+        }
+    }
+    assert!(all_zeros(&spare, SEGMENT), "no spare after a quarter");
+    let st = s.segment_stats();
+    assert_eq!(
+        (st.from_spare, st.preallocated, st.spares_prepared),
+        (0, 1, 1)
+    );
+    // The rollover takes it, and the next is asked for only once the new segment fills.
+    want.extend(append_rollovers(&s, 9, 1, 1));
+    let st = s.segment_stats();
+    assert_eq!(
+        (st.from_spare, st.preallocated, st.spares_prepared),
+        (1, 1, 1)
+    );
+    assert!(!spare.exists(), "the next spare came before it was due");
     assert_log(&s, 1, &want);
 }

@@ -39,6 +39,7 @@ pub(crate) fn opts(segment_size: u64) -> SegmentLogStorageOptions {
         segment_size,
         logger: crate::logging::discard_logger(),
         spare: SparePreparation::Inline,
+        spare_after_bytes: None,
     }
 }
 

@@ -66,6 +66,8 @@ pub(crate) struct Writer {
     segment_size: u64,
     /// The spare segment rollovers take (`spare.rs`).
     spares: Arc<Spares>,
+    /// Bytes of entries in the open segment after which the next spare is asked for.
+    spare_after: u64,
     logger: Logger,
 }
 
@@ -95,7 +97,21 @@ impl Writer {
             closed: false,
             segment_size: opts.segment_size,
             spares,
+            spare_after: opts.spare_after_bytes.unwrap_or(opts.segment_size / 4),
             logger: opts.logger.clone(),
+        }
+    }
+
+    /// Asks for the next segment's spare once the open segment holds `spare_after` bytes
+    /// of entries (at once when that is 0). Cheap when nothing is due or one is asked for
+    /// already: called after every append.
+    pub fn request_spare_if_due(&self) {
+        let due = match &self.open {
+            Some(open) => open.write_offset.saturating_sub(HEADER_LEN) >= self.spare_after,
+            None => self.spare_after == 0,
+        };
+        if due {
+            self.spares.request();
         }
     }
 
@@ -143,6 +159,7 @@ impl Writer {
             while i < entries.len() {
                 i = w.append_chunk(index, &entries[i..])? + i;
             }
+            w.request_spare_if_due();
             Ok(())
         })
     }
@@ -237,8 +254,8 @@ impl Writer {
             open: true,
         });
         self.open = Some(seg);
-        // `log_spare` was renamed away above: a new spare may take the name.
-        self.spares.request();
+        // `log_spare` was renamed away above: a new spare may take the name when due.
+        self.request_spare_if_due();
         Ok(())
     }
 
