@@ -261,19 +261,17 @@ impl Shell<'_> {
             NodeEvent::InstallLoaded(last, conf, result) => {
                 // The snapshot is durable and loaded: the log restarts after it (a crash
                 // before this reset is durable redoes it at init step 8).
-                let ok = result.and_then(|_| parts.log.set_snapshot(last, conf));
-                if let Err(e) = &ok {
-                    slog::warn!(self.shared.logger, "installed snapshot not taken";
-                        "snapshot" => %last, "error" => %e);
+                // A failed load leaves the state machine half-replaced and a failed log
+                // reset is a disk error: either way this node's state is no longer one the
+                // log describes, so it stops serving (braft's set_error on load failure).
+                match result.and_then(|_| parts.log.set_snapshot(last, conf)) {
+                    Ok(()) => self.step(
+                        parts,
+                        Event::SnapshotInstalled { last, ok: true },
+                        Ctx::None,
+                    ),
+                    Err(e) => self.enter_error(parts, e),
                 }
-                self.step(
-                    parts,
-                    Event::SnapshotInstalled {
-                        last,
-                        ok: ok.is_ok(),
-                    },
-                    Ctx::None,
-                )
             }
             NodeEvent::Read(done) => self.st.reads.push(done),
             NodeEvent::Transfer(to, done) => {
@@ -337,14 +335,14 @@ impl Shell<'_> {
         let inbound = match wire::decode(&body) {
             Ok(m) => m,
             Err(e) => {
-                let log = &self.shared.logger;
+                let log = &self.shared.logger();
                 slog::warn!(log, "dropped an undecodable raft message"; "error" => %e);
                 return;
             }
         };
         let env = &inbound.envelope;
         if env.group != self.shared.group || env.to != self.shared.peer {
-            slog::warn!(self.shared.logger, "dropped a misdirected raft message";
+            slog::warn!(self.shared.logger(), "dropped a misdirected raft message";
                 "group" => %env.group, "to" => %env.to);
             return;
         }
@@ -559,7 +557,7 @@ impl Shell<'_> {
 
     fn role_changed(&mut self, parts: &Parts, role: Role, term: u64, leader: Option<PeerId>) {
         let was_leader = parts.replicators.is_active();
-        let log = &self.shared.logger;
+        let log = &self.shared.logger();
         slog::info!(log, "role changed"; "role" => ?role, "term" => term, "leader" => ?leader);
         if role == Role::Leader && !was_leader {
             let peers = self.shared.with_core(|c| c.configuration().all_peers());
@@ -616,7 +614,7 @@ impl Shell<'_> {
         });
         match &result {
             Ok(meta) => {
-                slog::info!(self.shared.logger, "snapshot saved";
+                slog::info!(self.shared.logger(), "snapshot saved";
                     "last_included" => %meta.last_included);
                 // The core decides how much of the log the snapshot lets go (CompactLog).
                 let ev = Event::SnapshotSaved {
@@ -625,7 +623,7 @@ impl Shell<'_> {
                 };
                 self.step(parts, ev, Ctx::None);
             }
-            Err(e) => slog::warn!(self.shared.logger, "snapshot failed"; "error" => %e),
+            Err(e) => slog::warn!(self.shared.logger(), "snapshot failed"; "error" => %e),
         }
         for done in self.st.saving.drain(..) {
             done(result.as_ref().map(|_| ()).map_err(Clone::clone));
@@ -655,7 +653,7 @@ impl Shell<'_> {
                 _ => return,
             }
         }
-        slog::error!(self.shared.logger, "node enters its error state"; "error" => %error);
+        slog::error!(self.shared.logger(), "node enters its error state"; "error" => %error);
         parts.timers.stop_all();
         parts.replicators.stop();
         let failure = RaftError::ErrorState {

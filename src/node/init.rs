@@ -90,7 +90,7 @@ impl Undo {
 
 fn trace(shared: &NodeShared, number: u8, what: impl Into<String>) {
     let what = what.into();
-    slog::info!(shared.logger, "init"; "step" => number, "what" => &what);
+    slog::info!(shared.logger(), "init"; "step" => number, "what" => &what);
     shared.trace.lock().push(InitStep { number, what });
 }
 
@@ -107,12 +107,15 @@ impl Node {
                 return Err(RaftError::invalid("a node is initialized at most once"));
             }
         }
+        if let Some(parent) = &opts.logger {
+            self.shared.set_logger(parent);
+        }
         opts.validate()?;
         let mut undo = Undo::default();
         match init_steps(&self.shared, opts, &mut undo) {
             Ok(()) => Ok(()),
             Err(e) => {
-                slog::error!(self.shared.logger, "init failed; undoing"; "error" => %e);
+                slog::error!(self.shared.logger(), "init failed; undoing"; "error" => %e);
                 undo.run();
                 self.shared.set_state(Lifecycle::ShuttingDown);
                 self.shared.parts.lock().take();
@@ -166,7 +169,7 @@ fn init_steps(shared: &Arc<NodeShared>, mut opts: NodeOptions, undo: &mut Undo) 
         shared,
         weak: Arc::downgrade(shared),
         runtime,
-        logger: shared.logger.clone(),
+        logger: shared.logger().clone(),
         undo,
     };
     let (timers, snapshot_timer) = step1_timers(&mut cx, &opts);
@@ -613,7 +616,7 @@ pub(crate) fn shutdown(shared: &Arc<NodeShared>) {
         return;
     }
     shared.set_state(Lifecycle::ShuttingDown);
-    slog::info!(shared.logger, "shutting down");
+    slog::info!(shared.logger(), "shutting down");
     NodeManager::global().remove(&shared.group, &shared.peer);
     if let Some(parts) = shared.parts() {
         parts.timers.stop_all();

@@ -330,7 +330,19 @@ impl SnapshotIoState {
             .storage
             .commit(writer, last, conf.clone())
             .and_then(|_| self.storage.newest())
-            .and_then(|r| r.ok_or(RaftError::Stopped));
+            .and_then(|r| r.ok_or(RaftError::Stopped))
+            .and_then(|r| {
+                // A newer local snapshot may have been committed while this one copied;
+                // loading it would answer the leader for a snapshot it did not send.
+                if r.meta().last_included == last {
+                    Ok(r)
+                } else {
+                    Err(RaftError::invalid(format!(
+                        "snapshot {last} superseded by local snapshot {}",
+                        r.meta().last_included
+                    )))
+                }
+            });
         let (reader, parts) = match (reader, self.shared.upgrade().and_then(|n| n.parts())) {
             (Ok(r), Some(p)) => (r, p),
             (Err(e), _) => return self.fail_copy(last, e),

@@ -55,11 +55,29 @@ pub(crate) enum Lifecycle {
     ShuttingDown,
 }
 
+impl NodeShared {
+    /// The node's logger: the user's once init installed it, else the default (which
+    /// forwards to the `log` facade). Every line carries the group and the peer.
+    pub(crate) fn logger(&self) -> &Logger {
+        self.custom_logger.get().unwrap_or(&self.default_logger)
+    }
+
+    /// Installs the user's logger; only the first call has an effect (init runs once).
+    pub(crate) fn set_logger(&self, parent: &Logger) {
+        let _ =
+            self.custom_logger
+                .set(crate::logging::node_logger(parent, &self.group, &self.peer));
+    }
+}
+
 /// Everything the node's threads share.
 pub(crate) struct NodeShared {
     pub(crate) group: GroupId,
     pub(crate) peer: PeerId,
-    pub(crate) logger: Logger,
+    /// The logger until init installs the user's ([`NodeOptions::logger`]).
+    default_logger: Logger,
+    /// The user's logger (group and peer added), set once at the start of init.
+    custom_logger: OnceLock<Logger>,
     /// Invariant: moves New -> Active -> (Error ->) ShuttingDown, never back.
     pub(crate) state: Mutex<Lifecycle>,
     /// Signalled when shutdown finished (for `join`).
@@ -144,7 +162,8 @@ impl Node {
             shared: Arc::new(NodeShared {
                 group,
                 peer,
-                logger,
+                default_logger: logger,
+                custom_logger: OnceLock::new(),
                 state: Mutex::new(Lifecycle::New),
                 joined: Condvar::new(),
                 shut_down: Mutex::new(false),

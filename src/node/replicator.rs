@@ -23,7 +23,7 @@ use crate::exec_queue::{Batch, ExecQueue, ExecQueueOptions};
 use crate::log_manager::LogManager;
 use crate::pool::PoolHandle;
 use crate::rpc::{Caller, Method, Server};
-use crate::types::{GroupId, LogId, PeerId};
+use crate::types::{GroupId, LogId, LogRead, PeerId};
 
 /// What every replicator of a node shares.
 pub(crate) struct ReplicatorEnv {
@@ -174,12 +174,26 @@ fn replicate(env: &ReplicatorEnv, stats: &ReplicatorStats, to: PeerId, send: App
         };
         if count > 0 && entries.is_empty() {
             // The log no longer holds what the core asked for (compacted away, or truncated
-            // by a newer term): a snapshot is needed, which a later issue installs.
+            // by a newer term). The core learns it from the follower's rejection or its own
+            // step-down and answers with a snapshot install or a fresh send.
             stats
                 .behind_compaction
                 .store(prev.index + 1, Ordering::Relaxed);
             slog::warn!(env.logger, "follower needs entries the log no longer holds";
                 "to" => %to, "from_index" => prev.index + 1);
+            return;
+        }
+        // The entries were read after the core chose `prev`; a truncation in between (this
+        // node stepped down and a newer leader overwrote the tail) would pair `prev` with
+        // entries that do not follow it. Checked after the read, so the pair sent is one the
+        // log held at once; the follower's own check cannot catch it, as the header's
+        // `prev` is still true of the old log.
+        if !entries.is_empty()
+            && (entries[0].id.index != prev.index + 1
+                || env.log.term_at(prev.index) != Some(prev.term))
+        {
+            slog::debug!(env.logger, "log changed under a send; dropped";
+                "to" => %to, "prev" => %prev);
             return;
         }
         let next_prev = entries.last().map_or(prev, |e| e.id);

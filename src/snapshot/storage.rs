@@ -134,14 +134,24 @@ impl SnapshotStorage {
         if self.fs.exists(&target) {
             self.fs.remove_dir_all(&writer.temp)?;
             let existing = self.read_verified(&target)?;
-            *self.last.lock() = Some(existing.meta.last_included);
+            self.advance_last(existing.meta.last_included);
             return Ok(existing.meta);
         }
         self.fs.rename(&writer.temp, &target)?;
         self.fs.sync_dir(&self.dir)?;
-        *self.last.lock() = Some(last_included);
+        self.advance_last(last_included);
         self.remove_older_than(last_included.index)?;
         Ok(meta)
+    }
+
+    /// Records `id` as the newest committed snapshot unless a newer one is already known:
+    /// committing an older snapshot (a slow install racing a local save) must never make
+    /// the storage forget the newer one it still holds on disk.
+    fn advance_last(&self, id: LogId) {
+        let mut last = self.last.lock();
+        if last.is_none_or(|l| l.index < id.index) {
+            *last = Some(id);
+        }
     }
 
     /// Reads up to `max_bytes` of file `name` (`None`: the meta file) of the committed

@@ -22,6 +22,92 @@ use traft::{Configuration, GroupId, PeerId, RaftError, Role, Runtime, RuntimeOpt
 
 pub use kv::{KvHandle, KvSm};
 
+/// How many of the newest log lines a failure description carries.
+const LOG_TAIL_LINES: usize = 300;
+
+/// Every node's log lines (member number first), the newest [`LOG_TAIL_LINES`] kept for a
+/// failure description; with `TRAFT_TEST_LOG` set each line also goes to stderr as written.
+pub struct LogTail {
+    // A test that panics while a node logs leaves at worst a half-pushed line behind.
+    lines:
+        std::panic::AssertUnwindSafe<Arc<parking_lot::Mutex<std::collections::VecDeque<String>>>>,
+    echo: bool,
+}
+
+impl Clone for LogTail {
+    fn clone(&self) -> LogTail {
+        LogTail {
+            lines: std::panic::AssertUnwindSafe(Arc::clone(&self.lines)),
+            echo: self.echo,
+        }
+    }
+}
+
+impl LogTail {
+    fn new() -> LogTail {
+        LogTail {
+            lines: std::panic::AssertUnwindSafe(Arc::default()),
+            echo: std::env::var_os("TRAFT_TEST_LOG").is_some(),
+        }
+    }
+
+    /// The kept lines, oldest first.
+    pub fn dump(&self) -> String {
+        let lines = self.lines.lock();
+        let mut s = String::new();
+        for l in lines.iter() {
+            s.push_str(l);
+            s.push('\n');
+        }
+        s
+    }
+}
+
+impl slog::Drain for LogTail {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, r: &slog::Record<'_>, kv: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        struct Line(String);
+        impl slog::Serializer for Line {
+            fn emit_arguments(
+                &mut self,
+                key: slog::Key,
+                val: &std::fmt::Arguments<'_>,
+            ) -> slog::Result {
+                // Group and peer are on every line; the member number says it shorter.
+                if key != "group" && key != "peer" {
+                    self.0.push_str(&format!(" {key}={val}"));
+                }
+                Ok(())
+            }
+        }
+        let mut line = Line(String::new());
+        let _ = slog::KV::serialize(kv, r, &mut line);
+        let _ = slog::KV::serialize(&r.kv(), r, &mut line);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let text = format!(
+            "{}.{:03} {} {}{}",
+            now.as_secs() % 1000,
+            now.subsec_millis(),
+            r.level().as_short_str(),
+            r.msg(),
+            line.0
+        );
+        if self.echo {
+            eprintln!("{text}");
+        }
+        let mut lines = self.lines.lock();
+        if lines.len() == LOG_TAIL_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(text);
+        Ok(())
+    }
+}
+
 /// Election timeout used by cluster tests (ms): short, but well above scheduling noise.
 pub const ELECTION_TIMEOUT_MS: u64 = 300;
 pub const DRIFT_MS: u64 = 50;
@@ -70,6 +156,8 @@ pub struct Cluster {
     pub memory_log: bool,
     /// The first configuration: every member but the spares.
     pub initial: Configuration,
+    /// Every node's newest log lines, printed with a failure's state.
+    pub log: LogTail,
 }
 
 /// Options of a cluster.
@@ -155,6 +243,7 @@ impl Cluster {
             seed: opts.seed,
             memory_log: opts.memory_log,
             initial: Configuration::default(),
+            log: LogTail::new(),
         };
         let voters = opts.nodes - opts.spares;
         c.initial = Configuration::new(c.members[..voters].iter().map(|m| m.peer));
@@ -192,6 +281,7 @@ impl Cluster {
         if let Some(cap) = o.apply_queue_capacity {
             opts.apply_queue_capacity = cap;
         }
+        opts.logger = Some(slog::Logger::root(self.log.clone(), slog::o!("n" => i)));
         opts
     }
 
@@ -266,6 +356,8 @@ impl Cluster {
                 None => s.push_str(&format!("n{i} {}: down\n", m.peer)),
             }
         }
+        s.push_str("--- newest log lines (n = member) ---\n");
+        s.push_str(&self.log.dump());
         s
     }
 
