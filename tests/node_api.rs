@@ -121,6 +121,40 @@ fn a_follower_behind_the_compaction_point_installs_the_leaders_snapshot_and_catc
     );
 }
 
+/// A follower whose state machine fails to load the leader's snapshot must not go on as if
+/// it held it: it enters its error state (its `on_error` runs), and the other two serve on.
+#[test]
+fn a_follower_that_cannot_load_the_leaders_snapshot_enters_its_error_state() {
+    let mut o = ClusterOptions::new(3);
+    o.snapshot_log_margin = 0;
+    let mut c = Cluster::start("install_load_fails", o);
+    let l = c.wait_leader(election_bound());
+    let f = (l + 1) % 3;
+    c.kill(f);
+    for i in 0..20 {
+        c.apply(Bytes::from(format!("b{i}")), WITHIN);
+    }
+    c.node(l).snapshot_wait().expect("snapshot");
+    // The restart resets the handle's state; the flag goes on after it, well before the
+    // snapshot's copy finishes (it needs the leader to notice the follower first).
+    c.restart(f).expect("restart");
+    c.members[f].kv.0.lock().fail_load = true;
+    c.wait("the follower enters its error state", WITHIN, || {
+        c.node(f).status().error.is_some()
+    });
+    assert!(!c.members[f].kv.0.lock().errors.is_empty(), "on_error ran");
+    assert_eq!(
+        c.members[f].kv.len(),
+        0,
+        "nothing applied past a failed load"
+    );
+    c.apply(Bytes::from_static(b"after"), WITHIN);
+    let other = 3 - l - f;
+    c.wait("the others apply on", WITHIN, || {
+        c.members[l].kv.len() == 21 && c.members[other].kv.len() == 21
+    });
+}
+
 #[test]
 fn an_oversized_task_is_invalid_and_a_full_apply_queue_is_busy() {
     let mut o = ClusterOptions::new(1);

@@ -15,7 +15,10 @@ pub mod segment;
 
 pub(crate) use memory::check_batch;
 pub use memory::MemoryLogStorage;
-pub use segment::{SegmentLogStorage, SegmentLogStorageOptions, SegmentStats, SparePreparation};
+pub use segment::{
+    SegmentLogStorage, SegmentLogStorageOptions, SegmentStats, SparePreparation,
+    SPARE_AFTER_BYTES_DEFAULT,
+};
 
 use crate::error::Result;
 use crate::types::LogEntry;

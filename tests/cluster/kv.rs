@@ -32,6 +32,8 @@ pub struct KvState {
     /// While set, `on_leader_start` waits: the node's applies stall behind it, as behind a
     /// slow user callback.
     pub hold_leader_start: bool,
+    /// While set, `on_snapshot_load` fails (a state machine that cannot take a snapshot).
+    pub fail_load: bool,
 }
 
 /// Shared view of one node's state machine.
@@ -136,6 +138,11 @@ impl StateMachine for KvSm {
     }
 
     fn on_snapshot_load(&mut self, reader: &SnapshotReader) -> traft::Result<()> {
+        if self.h.0.lock().fail_load {
+            return Err(RaftError::invalid(
+                "the test's state machine refuses to load",
+            ));
+        }
         let bytes = std::fs::read(reader.file_path("kv"))
             .map_err(|e| RaftError::io("read", Some(&reader.file_path("kv")), &e))?;
         let list = decode(&bytes).ok_or_else(|| RaftError::invalid("bad kv snapshot"))?;

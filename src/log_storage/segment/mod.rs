@@ -63,11 +63,12 @@ pub struct SegmentLogStorageOptions {
     /// runtime's disk pool.
     pub spare: SparePreparation,
     /// Bytes appended into the open segment before its successor's spare is prepared.
-    /// `None` (default): a quarter of `segment_size`, so a log that writes little never
-    /// zero-fills a segment it does not need (a process hosting many groups would otherwise
-    /// write a whole segment of zeros per group at start, competing with every group's
-    /// syncs), while a busy log still has three quarters of a segment's appends to prepare
-    /// the next. `Some(0)`: at open and right after every rollover.
+    /// `None` (default): [`SPARE_AFTER_BYTES_DEFAULT`] or a quarter of `segment_size`,
+    /// whichever is smaller. So a log that writes little never zero-fills a segment it does
+    /// not need (a process hosting many groups would otherwise write a whole segment of
+    /// zeros per group at start, competing with every group's syncs), while a busy log asks
+    /// early, nearly a whole segment of appends ahead. `Some(0)`: at open and right after
+    /// every rollover.
     pub spare_after_bytes: Option<u64>,
 }
 
@@ -81,6 +82,11 @@ impl Default for SegmentLogStorageOptions {
         }
     }
 }
+
+/// Default [`SegmentLogStorageOptions::spare_after_bytes`]: a log that has written a MiB
+/// into its segment is one that writes, and 1 MiB of a 64 MiB segment leaves the zero-fill
+/// 63 MiB of appends to finish in.
+pub const SPARE_AFTER_BYTES_DEFAULT: u64 = 1 << 20;
 
 /// The smallest allowed `segment_size`.
 pub const SEGMENT_SIZE_MIN: u64 = 4096;

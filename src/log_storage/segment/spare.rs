@@ -7,7 +7,7 @@
 //! ext4 journal (docs/BENCHMARKS.md measured fdatasync p50 172 us fallocated against 127 us
 //! zero-filled). Writing 64 MiB of zeros when the segment is needed would stall the append
 //! that rolls over, so it is done ahead of time, by a job on the runtime's disk pool. The
-//! writer asks for it once the open segment is a quarter used
+//! writer asks for it once the open segment holds 1 MiB of entries
 //! (`SegmentLogStorageOptions::spare_after_bytes`), so a log that writes little never
 //! zero-fills a segment it will not reach.
 //!

@@ -250,7 +250,7 @@ fn a_pool_prepares_spares_in_the_background() {
 }
 
 #[test]
-fn a_log_asks_for_its_next_spare_only_once_a_quarter_of_its_segment_is_used() {
+fn a_log_asks_for_its_next_spare_only_once_its_segment_is_a_quarter_used() {
     let dir = tempdir();
     let fs = FaultFs::new(dir.path(), 5).unwrap();
     let mut o = opts(SEGMENT);

@@ -97,7 +97,9 @@ impl Writer {
             closed: false,
             segment_size: opts.segment_size,
             spares,
-            spare_after: opts.spare_after_bytes.unwrap_or(opts.segment_size / 4),
+            spare_after: opts
+                .spare_after_bytes
+                .unwrap_or((opts.segment_size / 4).min(super::SPARE_AFTER_BYTES_DEFAULT)),
             logger: opts.logger.clone(),
         }
     }
