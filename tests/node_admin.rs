@@ -345,11 +345,12 @@ fn the_cli_service_administers_the_group_over_the_wire() {
 /// braft's `vote`: a follower given a short election timeout is the first to campaign once
 /// the leader dies, and leads; a drift not below the timeout is refused.
 ///
-/// The voting follower's pre-votes are refused by the other follower until that follower's
-/// lease (T after its last heartbeat) runs out, and that follower's own timer fires at a
-/// random point in [T, 2T): now and then it fires first after the lease, and leads. That is
-/// the protocol working (no leader is ever disrupted), so a trial the other follower wins is
-/// repeated on a fresh cluster with other seeds; five lost in a row is a failure.
+/// Every trial checks from the nodes' logs that the voting follower campaigned first. Its
+/// pre-votes are refused by the other follower until that follower's lease (T after its
+/// last heartbeat) runs out, and that follower's own timer fires at a random point in
+/// [T, 2T): now and then it fires first after the lease, and leads. That is the protocol
+/// working (no leader is ever disrupted), so a trial the other follower wins is repeated on
+/// a fresh cluster with other seeds; five lost in a row is a failure.
 #[test]
 fn vote_makes_a_follower_campaign_first_when_the_leader_dies() {
     let mut lost = Vec::new();
@@ -366,10 +367,22 @@ fn vote_makes_a_follower_campaign_first_when_the_leader_dies() {
             c.node(x).reset_election_timeout_ms(60, 60),
             Err(RaftError::Invalid { .. })
         ));
+        let mark = c.log.mark();
         c.kill(l);
         c.wait("a new leader", election_bound(), || {
             c.leaders().iter().any(|i| *i != l)
         });
+        let first = c
+            .log
+            .since(mark)
+            .into_iter()
+            .find(|line| line.contains("election timeout: campaigning"));
+        let by_x = format!(" n={x} ");
+        assert!(
+            first.as_ref().is_some_and(|line| line.contains(&by_x)),
+            "trial {trial}: the first to campaign was not n{x}: {first:?}\n{}",
+            c.describe()
+        );
         if c.node(x).is_leader() {
             return;
         }

@@ -135,10 +135,10 @@ fn a_follower_that_cannot_load_the_leaders_snapshot_enters_its_error_state() {
         c.apply(Bytes::from(format!("b{i}")), WITHIN);
     }
     c.node(l).snapshot_wait().expect("snapshot");
-    // The restart resets the handle's state; the flag goes on after it, well before the
-    // snapshot's copy finishes (it needs the leader to notice the follower first).
-    c.restart(f).expect("restart");
+    // Set before the restart (which keeps it): the install may finish as soon as the node
+    // is up.
     c.members[f].kv.0.lock().fail_load = true;
+    c.restart(f).expect("restart");
     c.wait("the follower enters its error state", WITHIN, || {
         c.node(f).status().error.is_some()
     });

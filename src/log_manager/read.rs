@@ -73,8 +73,12 @@ impl LogManager {
     /// Entries from `from` on, for one AppendEntries: at most `max_count` of them and at
     /// most `max_bytes` of payload, but always at least one if `from` exists (so that an
     /// entry larger than the budget can still be sent). Empty if `from` is not in the log.
+    ///
+    /// The entries returned were all in the log at one moment: the disk part is read outside
+    /// the lock, so a truncation (or reset) meanwhile, which may have replaced them, empties
+    /// the answer instead of mixing two logs.
     pub fn entries(&self, from: u64, max_count: usize, max_bytes: usize) -> Vec<LogEntry> {
-        let (disk_end, tail) = {
+        let (disk_end, tail, generation) = {
             let st = self.shared.state.lock();
             if from < st.first_log_index || from > st.last_log_index || max_count == 0 {
                 return Vec::new();
@@ -84,7 +88,7 @@ impl LogManager {
             let tail: Vec<LogEntry> = (mem_first..=end)
                 .filter_map(|i| st.memory_entry(i).cloned())
                 .collect();
-            (mem_first.min(end + 1), tail)
+            (mem_first.min(end + 1), tail, st.generation)
         };
         let mut out = Vec::with_capacity(tail.len() + (disk_end - from) as usize);
         let mut bytes = 0usize;
@@ -98,6 +102,9 @@ impl LogManager {
         }
         // A racing compaction may have removed the disk part: only a contiguous run counts.
         if out.first().is_some_and(|e| e.id.index != from) {
+            out.clear();
+        }
+        if disk_end > from && self.shared.state.lock().generation != generation {
             out.clear();
         }
         out

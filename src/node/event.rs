@@ -57,8 +57,8 @@ pub(crate) enum NodeEvent {
     SnapshotSaved(crate::Result<SnapshotMeta>),
     /// A snapshot install ordered by the core ended (its last entry, and whether it worked).
     SnapshotInstalled(LogId, bool),
-    /// A copied snapshot was loaded into the state machine (or failed to load): the log
-    /// restarts after it, then the core is told.
+    /// A copied snapshot was loaded into the state machine: the log restarts after it, then
+    /// the core is told. A failed load (or log reset) puts the node in its error state.
     InstallLoaded(LogId, Configuration, crate::Result<()>),
     /// A linearizable read.
     Read(ReadDone),

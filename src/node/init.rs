@@ -107,10 +107,12 @@ impl Node {
                 return Err(RaftError::invalid("a node is initialized at most once"));
             }
         }
+        opts.validate()?;
+        // After validation: a refused init leaves the node re-initializable, and the
+        // corrected options' logger must be the one kept.
         if let Some(parent) = &opts.logger {
             self.shared.set_logger(parent);
         }
-        opts.validate()?;
         let mut undo = Undo::default();
         match init_steps(&self.shared, opts, &mut undo) {
             Ok(()) => Ok(()),

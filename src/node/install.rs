@@ -6,8 +6,11 @@
 //!
 //! All file IO runs on the node's snapshot queue on the disk pool, never on an IO, timer or
 //! raft thread; a network answer only enqueues the next step there. One copy at a time (the
-//! core orders at most one install); a failed or superseded copy is aborted, its files
-//! removed, and the core told, which offers the snapshot again later. A snapshot the leader
+//! core orders at most one install); a failed copy is aborted, its files removed, and the
+//! core told, which offers the snapshot again later. A copy committed while a newer local
+//! snapshot appeared is reported failed and not loaded (it stays on disk until the next
+//! snapshot removes older ones). A state machine that fails to load a committed copy puts
+//! the node in its error state. A snapshot the leader
 //! replaced during the copy is gone: the copy fails and the next offer names the new one.
 //!
 //! `GetFile` body: the common header `group | sender | owner` (the follower copying, the

@@ -185,8 +185,9 @@ fn replicate(env: &ReplicatorEnv, stats: &ReplicatorStats, to: PeerId, send: App
         }
         // The entries were read after the core chose `prev`; a truncation in between (this
         // node stepped down and a newer leader overwrote the tail) would pair `prev` with
-        // entries that do not follow it. Checked after the read, so the pair sent is one the
-        // log held at once; the follower's own check cannot catch it, as the header's
+        // entries that do not follow it. `entries` answers only with entries the log held
+        // at one moment, and `prev` is checked after that read, so a truncation before or
+        // during it is caught; the follower's own check cannot catch it, as the header's
         // `prev` is still true of the old log.
         if !entries.is_empty()
             && (entries[0].id.index != prev.index + 1

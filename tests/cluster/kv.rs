@@ -58,8 +58,13 @@ impl KvHandle {
     pub fn violations(&self) -> Vec<String> {
         self.0.lock().violations.clone()
     }
+    /// Forgets what was applied (the node is restarting and rebuilds it); the test's
+    /// fault switch `fail_load` stays, so it can be set before the node starts.
     pub fn reset(&self) {
-        *self.0.lock() = KvState::default();
+        let mut st = self.0.lock();
+        let fail_load = st.fail_load;
+        *st = KvState::default();
+        st.fail_load = fail_load;
     }
 }
 

@@ -29,9 +29,15 @@ const LOG_TAIL_LINES: usize = 300;
 /// failure description; with `TRAFT_TEST_LOG` set each line also goes to stderr as written.
 pub struct LogTail {
     // A test that panics while a node logs leaves at worst a half-pushed line behind.
-    lines:
-        std::panic::AssertUnwindSafe<Arc<parking_lot::Mutex<std::collections::VecDeque<String>>>>,
+    lines: std::panic::AssertUnwindSafe<Arc<parking_lot::Mutex<Lines>>>,
     echo: bool,
+}
+
+/// The kept lines and how many were ever written.
+#[derive(Default)]
+struct Lines {
+    kept: std::collections::VecDeque<String>,
+    written: u64,
 }
 
 impl Clone for LogTail {
@@ -55,11 +61,24 @@ impl LogTail {
     pub fn dump(&self) -> String {
         let lines = self.lines.lock();
         let mut s = String::new();
-        for l in lines.iter() {
+        for l in lines.kept.iter() {
             s.push_str(l);
             s.push('\n');
         }
         s
+    }
+
+    /// A mark for [`LogTail::since`]: the number of lines written so far.
+    pub fn mark(&self) -> u64 {
+        self.lines.lock().written
+    }
+
+    /// The lines written after `mark` that are still kept, oldest first.
+    pub fn since(&self, mark: u64) -> Vec<String> {
+        let lines = self.lines.lock();
+        let first_kept = lines.written - lines.kept.len() as u64;
+        let skip = mark.saturating_sub(first_kept) as usize;
+        lines.kept.iter().skip(skip).cloned().collect()
     }
 }
 
@@ -100,10 +119,11 @@ impl slog::Drain for LogTail {
             eprintln!("{text}");
         }
         let mut lines = self.lines.lock();
-        if lines.len() == LOG_TAIL_LINES {
-            lines.pop_front();
+        if lines.kept.len() == LOG_TAIL_LINES {
+            lines.kept.pop_front();
         }
-        lines.push_back(text);
+        lines.kept.push_back(text);
+        lines.written += 1;
         Ok(())
     }
 }

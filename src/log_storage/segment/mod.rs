@@ -106,6 +106,13 @@ impl SegmentLogStorageOptions {
                 self.segment_size
             )));
         }
+        if let Some(after) = self.spare_after_bytes.filter(|a| *a >= self.segment_size) {
+            return Err(RaftError::invalid(format!(
+                "SegmentLogStorageOptions.spare_after_bytes = {after} must be below \
+                 segment_size = {}: the spare would never be asked for",
+                self.segment_size
+            )));
+        }
         Ok(())
     }
 }
@@ -176,6 +183,7 @@ impl SegmentLogStorage {
             &opts,
         );
         // A recovered open segment may already be past the point where its successor is due.
+        let mut writer = writer;
         writer.request_spare_if_due();
         Ok(SegmentLogStorage {
             dir: dir.to_path_buf(),

@@ -27,8 +27,10 @@
 //!
 //! A failed preparation (full disk, EIO) is logged and its file removed; nothing was
 //! promised on it. The next rollover then preallocates a segment itself as before
-//! (`Writer::create_segment`), where a full disk is the append's error, and asks for a new
-//! spare after it. A spare is never a reason to fail the log.
+//! (`Writer::create_segment`), where a full disk is the append's error, and the new segment
+//! asks for a spare again when due: at most one request per segment, so a nearly full disk
+//! costs one failed preparation per rollover, not one per append. A spare is never a
+//! reason to fail the log.
 //!
 //! Threads: in [`SparePreparation::Pool`] mode the job runs on the given pool (the runtime's
 //! disk pool), one chunk per turn, then goes to the back of the pool's queue, so a log's disk
@@ -75,9 +77,10 @@ pub enum SparePreparation {
     /// its syncs pay the unwritten-extent conversion. No thread does any work ahead of time.
     #[default]
     Off,
-    /// On the thread that needs one: at open and right after each rollover that used the
-    /// spare, inside that call. Deterministic (tests, single-threaded tools); the append that
-    /// rolls over waits for a whole segment's worth of zeros.
+    /// On the thread that asks for one, inside that call: the append that makes the open
+    /// segment cross `spare_after_bytes` (or open and each rollover, with `Some(0)`) writes
+    /// a whole segment's worth of zeros under the storage's writer lock. Deterministic, for
+    /// tests and single-threaded tools; never for a node.
     Inline,
     /// By a job on this pool (a [`Runtime`](crate::Runtime)'s disk pool: `Node` passes it),
     /// one 256 KiB chunk per turn.

@@ -285,3 +285,33 @@ fn a_log_asks_for_its_next_spare_only_once_its_segment_is_a_quarter_used() {
     assert!(!spare.exists(), "the next spare came before it was due");
     assert_log(&s, 1, &want);
 }
+
+#[test]
+fn a_failing_preparation_is_retried_once_per_segment_not_on_every_append() {
+    let dir = tempdir();
+    let fs = FaultFs::new(dir.path(), 6).unwrap();
+    let s = inline(&fs, dir.path());
+    fs.inject(FaultRule::new(FaultOp::Allocate, FaultKind::NoSpace).on_path(SPARE_TMP));
+    // One rollover onto the spare prepared at open; its successor's preparation fails.
+    let mut want = append_rollovers(&s, 1, 1, 1);
+    let failures = s.segment_stats().spare_failures;
+    assert_eq!(failures, 1, "{:?}", s.segment_stats());
+    // Many appends into the same segment: no further attempt.
+    for _ in 0..5 {
+        let next = want.len() as u64 + 1;
+        want.push(entry(next, 1, 100));
+        s.append_entries(std::slice::from_ref(&want[want.len() - 1]))
+            .unwrap();
+    }
+    assert_eq!(s.segment_stats().spare_failures, failures);
+    // The next segment (preallocated: no spare) asks once more.
+    let next = want.len() as u64 + 1;
+    want.extend(append_rollovers(&s, next, 1, 1));
+    let st = s.segment_stats();
+    assert_eq!(
+        (st.spare_failures, st.preallocated),
+        (failures + 1, 1),
+        "{st:?}"
+    );
+    assert_log(&s, 1, &want);
+}

@@ -68,6 +68,10 @@ pub(crate) struct Writer {
     spares: Arc<Spares>,
     /// Bytes of entries in the open segment after which the next spare is asked for.
     spare_after: u64,
+    /// The next spare was asked for since the last rollover: at most once per segment, so
+    /// a failing preparation (a nearly full disk) is retried once per rollover, not on
+    /// every append.
+    spare_asked: bool,
     logger: Logger,
 }
 
@@ -100,6 +104,7 @@ impl Writer {
             spare_after: opts
                 .spare_after_bytes
                 .unwrap_or((opts.segment_size / 4).min(super::SPARE_AFTER_BYTES_DEFAULT)),
+            spare_asked: false,
             logger: opts.logger.clone(),
         }
     }
@@ -107,12 +112,16 @@ impl Writer {
     /// Asks for the next segment's spare once the open segment holds `spare_after` bytes
     /// of entries (at once when that is 0). Cheap when nothing is due or one is asked for
     /// already: called after every append.
-    pub fn request_spare_if_due(&self) {
+    pub fn request_spare_if_due(&mut self) {
+        if self.spare_asked {
+            return;
+        }
         let due = match &self.open {
             Some(open) => open.write_offset.saturating_sub(HEADER_LEN) >= self.spare_after,
             None => self.spare_after == 0,
         };
         if due {
+            self.spare_asked = true;
             self.spares.request();
         }
     }
@@ -256,7 +265,9 @@ impl Writer {
             open: true,
         });
         self.open = Some(seg);
-        // `log_spare` was renamed away above: a new spare may take the name when due.
+        // `log_spare` was renamed away above (or none was ready): the new segment asks for
+        // its successor's spare when due.
+        self.spare_asked = false;
         self.request_spare_if_due();
         Ok(())
     }
