@@ -191,11 +191,16 @@ fn strict_timing() -> bool {
 fn another_groups_small_calls_wait_behind_at_most_a_few_bulk_frames() {
     let _serial = SERIAL.lock();
     let mut seen = Vec::new();
-    // The median bound holds in every round. The p99 bounds must hold in one of 5 rounds: a
-    // round spoiled by a stalled thread (the test thread preempted between reading the
-    // count and queueing its call lets bulk frames pass it) is rerun, while head-of-line
-    // blocking spoils every round.
-    for _ in 0..5 {
+    // The median bound holds in every round. The p99 bounds must hold in one round: a round
+    // spoiled by a stalled thread (the test thread preempted between reading the count and
+    // queueing its call lets bulk frames pass it) is rerun, while head-of-line blocking
+    // spoils every round. Rounds go on for 15 s (at least 5): a disturbance of a few
+    // seconds (seen once in CI, right after the cluster tests: every one of 5 rounds in
+    // 3 s had p99 21-105) must not decide the outcome.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut rounds = 0;
+    while rounds < 5 || Instant::now() < deadline {
+        rounds += 1;
         let o = run();
         seen.push(o.describe());
         assert!(
@@ -212,7 +217,7 @@ fn another_groups_small_calls_wait_behind_at_most_a_few_bulk_frames() {
     }
     panic!(
         "small calls waited behind more than {FRAMES_AHEAD_MAX} bulk frames (p99){} in every \
-         round: {}",
+         one of {rounds} rounds: {}",
         if strict_timing() {
             " or took too long"
         } else {
