@@ -70,21 +70,29 @@ fn a_snapshot_compacts_the_log_keeping_the_margin() {
     assert_eq!(st.first_log_index, st.applied.index - 5 + 1, "{st}");
 }
 
+/// Three nodes with no log margin; one follower is killed, the leader applies `entries`
+/// entries and snapshots, so its log no longer holds what the follower lacks. Returns the
+/// cluster, the leader and the (stopped) follower.
+fn follower_down_while_the_leader_compacts(name: &str, entries: usize) -> (Cluster, usize, usize) {
+    let mut o = ClusterOptions::new(3);
+    o.snapshot_log_margin = 0;
+    let mut c = Cluster::start(name, o);
+    let l = c.wait_leader(election_bound());
+    let f = (l + 1) % 3;
+    c.kill(f);
+    for i in 0..entries {
+        c.apply(Bytes::from(format!("b{i}")), WITHIN);
+    }
+    c.node(l).snapshot_wait().expect("snapshot");
+    (c, l, f)
+}
+
 /// A follower that was down while the leader compacted past its log gets the leader's
 /// snapshot over the FileService, loads it, and catches up with the entries after it:
 /// nothing applied twice, the same data as the leader.
 #[test]
 fn a_follower_behind_the_compaction_point_installs_the_leaders_snapshot_and_catches_up() {
-    let mut o = ClusterOptions::new(3);
-    o.snapshot_log_margin = 0;
-    let mut c = Cluster::start("behind_compaction", o);
-    let l = c.wait_leader(election_bound());
-    let f = (l + 1) % 3;
-    c.kill(f);
-    for i in 0..40 {
-        c.apply(Bytes::from(format!("b{i}")), WITHIN);
-    }
-    c.node(l).snapshot_wait().expect("snapshot");
+    let (mut c, l, f) = follower_down_while_the_leader_compacts("behind_compaction", 40);
     let first = c.node(l).status().first_log_index;
     assert!(first > 40, "compacted: the log starts at {first}");
     for i in 40..45 {
@@ -125,16 +133,7 @@ fn a_follower_behind_the_compaction_point_installs_the_leaders_snapshot_and_catc
 /// it held it: it enters its error state (its `on_error` runs), and the other two serve on.
 #[test]
 fn a_follower_that_cannot_load_the_leaders_snapshot_enters_its_error_state() {
-    let mut o = ClusterOptions::new(3);
-    o.snapshot_log_margin = 0;
-    let mut c = Cluster::start("install_load_fails", o);
-    let l = c.wait_leader(election_bound());
-    let f = (l + 1) % 3;
-    c.kill(f);
-    for i in 0..20 {
-        c.apply(Bytes::from(format!("b{i}")), WITHIN);
-    }
-    c.node(l).snapshot_wait().expect("snapshot");
+    let (mut c, l, f) = follower_down_while_the_leader_compacts("install_load_fails", 20);
     // Set before the restart (which keeps it): the install may finish as soon as the node
     // is up.
     c.members[f].kv.0.lock().fail_load = true;

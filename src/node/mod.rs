@@ -76,7 +76,8 @@ pub(crate) struct NodeShared {
     pub(crate) peer: PeerId,
     /// The logger until init installs the user's ([`NodeOptions::logger`]).
     default_logger: Logger,
-    /// The user's logger (group and peer added), set once at the start of init.
+    /// The user's logger (group and peer added), set once by init after the options
+    /// validate.
     custom_logger: OnceLock<Logger>,
     /// Invariant: moves New -> Active -> (Error ->) ShuttingDown, never back.
     pub(crate) state: Mutex<Lifecycle>,

@@ -189,10 +189,7 @@ fn replicate(env: &ReplicatorEnv, stats: &ReplicatorStats, to: PeerId, send: App
         // at one moment, and `prev` is checked after that read, so a truncation before or
         // during it is caught; the follower's own check cannot catch it, as the header's
         // `prev` is still true of the old log.
-        if !entries.is_empty()
-            && (entries[0].id.index != prev.index + 1
-                || env.log.term_at(prev.index) != Some(prev.term))
-        {
+        if !entries.is_empty() && env.log.term_at(prev.index) != Some(prev.term) {
             slog::debug!(env.logger, "log changed under a send; dropped";
                 "to" => %to, "prev" => %prev);
             return;

@@ -174,7 +174,7 @@ impl SegmentLogStorage {
             recovered.spare_ready,
             opts.logger.clone(),
         );
-        let writer = Writer::new(
+        let mut writer = Writer::new(
             fs.clone(),
             dir,
             recovered.meta,
@@ -183,7 +183,6 @@ impl SegmentLogStorage {
             &opts,
         );
         // A recovered open segment may already be past the point where its successor is due.
-        let mut writer = writer;
         writer.request_spare_if_due();
         Ok(SegmentLogStorage {
             dir: dir.to_path_buf(),

@@ -37,6 +37,12 @@ fn all_zeros(path: &Path, len: u64) -> bool {
     std::fs::read(path).is_ok_and(|b| b.len() as u64 == len && b.iter().all(|&x| x == 0))
 }
 
+/// Appends `e` as a batch of its own and records it in `want`.
+fn append_one(s: &SegmentLogStorage, want: &mut Vec<LogEntry>, e: LogEntry) {
+    s.append_entries(std::slice::from_ref(&e)).unwrap();
+    want.push(e);
+}
+
 /// Appends 1000-byte entries one per batch from `from` until the log has rolled over
 /// `rollovers` more times; returns the entries.
 fn append_rollovers(s: &SegmentLogStorage, from: u64, term: u64, rollovers: u64) -> Vec<LogEntry> {
@@ -48,9 +54,7 @@ fn append_rollovers(s: &SegmentLogStorage, from: u64, term: u64, rollovers: u64)
     let mut out = Vec::new();
     let mut i = from;
     while made(s) < target {
-        let e = entry(i, term, 1000);
-        s.append_entries(std::slice::from_ref(&e)).unwrap();
-        out.push(e);
+        append_one(s, &mut out, entry(i, term, 1000));
         i += 1;
     }
     out
@@ -262,9 +266,7 @@ fn a_log_asks_for_its_next_spare_only_once_its_segment_is_a_quarter_used() {
     // under a quarter of it (2 KiB), eight are well over.
     let mut want = Vec::new();
     for i in 1..=8 {
-        want.push(entry(i, 1, 300));
-        s.append_entries(std::slice::from_ref(&want[want.len() - 1]))
-            .unwrap();
+        append_one(&s, &mut want, entry(i, 1, 300));
         if i <= 4 {
             assert!(!spare.exists(), "spare asked for after entry {i}");
         }
@@ -299,9 +301,7 @@ fn a_failing_preparation_is_retried_once_per_segment_not_on_every_append() {
     // Many appends into the same segment: no further attempt.
     for _ in 0..5 {
         let next = want.len() as u64 + 1;
-        want.push(entry(next, 1, 100));
-        s.append_entries(std::slice::from_ref(&want[want.len() - 1]))
-            .unwrap();
+        append_one(&s, &mut want, entry(next, 1, 100));
     }
     assert_eq!(s.segment_stats().spare_failures, failures);
     // The next segment (preallocated: no spare) asks once more.
