@@ -309,8 +309,11 @@ fn loopback_rtt_us() -> (u64, u64) {
     (percentile(&samples, 0.5), percentile(&samples, 0.99))
 }
 
-/// fdatasync latency of a 4 KiB write to a preallocated file in a temp dir.
-fn fdatasync_us() -> (u64, u64) {
+/// fdatasync latency of a 4 KiB write in a temp dir: into a hole of a sparse file
+/// (`written = false`: each sync also commits the block's allocation, what a plain append
+/// costs), or over blocks that were written with zeros and synced before (`written = true`:
+/// what an append into one of the log's spare segments costs).
+fn fdatasync_us(written: bool) -> (u64, u64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -318,7 +321,11 @@ fn fdatasync_us() -> (u64, u64) {
         .write(true)
         .open(dir.path().join("sync"))
         .expect("open");
-    f.set_len(4 << 20).expect("set_len");
+    if written {
+        f.write_all(&vec![0u8; 4 << 20]).expect("zeros");
+    } else {
+        f.set_len(4 << 20).expect("set_len");
+    }
     f.sync_all().expect("sync");
     let block = [5u8; 4096];
     let mut samples = Vec::with_capacity(300);
@@ -385,10 +392,12 @@ fn main() {
     })
     .expect("runtime");
     let (rtt50, rtt99) = loopback_rtt_us();
-    let (sync50, sync99) = fdatasync_us();
+    let (sync50, sync99) = fdatasync_us(false);
+    let (wsync50, wsync99) = fdatasync_us(true);
     println!(
         "machine loopback_rtt_p50_us={rtt50} loopback_rtt_p99_us={rtt99} \
-         fdatasync_p50_us={sync50} fdatasync_p99_us={sync99}"
+         fdatasync_p50_us={sync50} fdatasync_p99_us={sync99} \
+         fdatasync_written_p50_us={wsync50} fdatasync_written_p99_us={wsync99}"
     );
     let configs = match parse_args() {
         Some(c) => vec![c],

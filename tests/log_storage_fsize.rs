@@ -25,6 +25,7 @@ fn open(dir: &Path) -> traft::Result<SegmentLogStorage> {
         logger: traft::logging::discard_logger(),
         spare: SparePreparation::Inline,
         spare_after_bytes: None,
+        sync_appends: true,
     };
     SegmentLogStorage::open(RealFs::shared(), dir, opts)
 }

@@ -20,6 +20,7 @@ fn open(fs: &FaultFs, dir: &std::path::Path) -> SegmentLogStorage {
         logger: crate::logging::discard_logger(),
         spare: crate::log_storage::SparePreparation::Inline,
         spare_after_bytes: None,
+        sync_appends: true,
     };
     SegmentLogStorage::open(fs.shared(), dir, opts).unwrap()
 }

@@ -588,6 +588,7 @@ fn shutdown_syncs_what_was_queued_and_closes_the_storage() {
         logger: crate::logging::discard_logger(),
         spare: crate::log_storage::SparePreparation::Inline,
         spare_after_bytes: None,
+        sync_appends: true,
     };
     let open = || SegmentLogStorage::open(crate::fs::RealFs::shared(), dir.path(), opts());
     let storage = Arc::new(open().unwrap());

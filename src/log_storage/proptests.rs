@@ -76,6 +76,7 @@ impl Harness {
             logger: crate::logging::discard_logger(),
             spare: SparePreparation::Inline,
             spare_after_bytes: None,
+            sync_appends: true,
         };
         let s = SegmentLogStorage::open(self.fs.shared(), self.dir.path(), opts);
         self.seg = Some(s.unwrap_or_else(|e| panic!("reopen failed: {e}")));

@@ -327,8 +327,14 @@ fn step5_log(cx: &mut Ctx<'_>, opts: &NodeOptions) -> Result<(DirLock, Arc<LogMa
     } else {
         let seg_opts = SegmentLogStorageOptions {
             logger: cx.logger.clone(),
-            // Segments are prepared ahead (zero-filled and synced) on the disk pool.
-            spare: SparePreparation::Pool(cx.runtime.disk_pool()),
+            // Segments are prepared ahead (zero-filled and synced) on the disk pool, so that
+            // appends' syncs commit no extent conversion; without syncs there is nothing to
+            // gain from the zeros.
+            spare: match opts.sync {
+                true => SparePreparation::Pool(cx.runtime.disk_pool()),
+                false => SparePreparation::Off,
+            },
+            sync_appends: opts.sync,
             ..SegmentLogStorageOptions::default()
         };
         let dir = opts.data_path.join("log");

@@ -5,7 +5,8 @@
 //! `log_<first>_<last>` and at most one open segment `log_inprogress_<first>`. Segments are
 //! preallocated (so a full disk is an error at creation, never a SIGBUS), mapped read-only,
 //! and appended to by `pwrite` of a whole batch followed by one `fdatasync`; the next batch is
-//! written only after that sync returned, so only the last batch can be torn. Reads return
+//! written only after that sync returned, so only the last batch can be torn (unless the
+//! user turned syncs off: `SegmentLogStorageOptions::sync_appends`). Reads return
 //! `Bytes` over the mapping. Mapped bytes are never rewritten: `truncate_suffix` seals the
 //! segment at the cut by renaming it to its closed name, and a new segment takes the next
 //! entries.
@@ -70,6 +71,13 @@ pub struct SegmentLogStorageOptions {
     /// early, nearly a whole segment of appends ahead. `Some(0)`: at open and right after
     /// every rollover.
     pub spare_after_bytes: Option<u64>,
+    /// `fdatasync` each appended batch before `append_entries` returns (default true). False
+    /// (a node with `NodeOptions::sync` off): batches are only written, so a process crash
+    /// loses nothing but a machine crash may lose acknowledged entries, and may leave a torn
+    /// batch before intact ones, which recovery then reports as
+    /// [`RaftError::Corruption`] instead of cutting it back. Structural changes (rollover,
+    /// truncation, reset) still sync.
+    pub sync_appends: bool,
 }
 
 impl Default for SegmentLogStorageOptions {
@@ -79,6 +87,7 @@ impl Default for SegmentLogStorageOptions {
             logger: crate::logging::default_logger(),
             spare: SparePreparation::Off,
             spare_after_bytes: None,
+            sync_appends: true,
         }
     }
 }

@@ -40,6 +40,7 @@ pub(crate) fn opts(segment_size: u64) -> SegmentLogStorageOptions {
         logger: crate::logging::discard_logger(),
         spare: SparePreparation::Inline,
         spare_after_bytes: None,
+        sync_appends: true,
     }
 }
 
@@ -330,4 +331,27 @@ fn reads_race_appends_and_truncations_without_tearing() {
     }
     stop.store(true, Relaxed);
     reader.join().unwrap();
+}
+
+#[test]
+fn with_sync_appends_off_batches_are_written_not_synced_and_survive_a_process_restart() {
+    let dir = tempdir();
+    let fs = FaultFs::new(dir.path(), 11).unwrap();
+    let mut o = opts(64 << 10);
+    o.sync_appends = false;
+    let s = SegmentLogStorage::open(fs.shared(), dir.path(), o).unwrap();
+    // The first append creates the segment, which syncs (structure, not entries).
+    let mut want = entries(1, 3, 1, 100);
+    s.append_entries(&want).unwrap();
+    let syncs = fs.stats().syncs;
+    for i in 4..=40 {
+        let e = entry(i, 1, 100);
+        s.append_entries(std::slice::from_ref(&e)).unwrap();
+        want.push(e);
+    }
+    assert_eq!(fs.stats().syncs, syncs, "an append synced");
+    drop(s);
+    // A process restart keeps the page cache: every written batch comes back.
+    let s = open_fault(&fs, dir.path(), 64 << 10).unwrap();
+    assert_log(&s, 1, &want);
 }

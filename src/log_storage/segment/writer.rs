@@ -72,6 +72,8 @@ pub(crate) struct Writer {
     /// a failing preparation (a nearly full disk) is retried once per rollover, not on
     /// every append.
     spare_asked: bool,
+    /// `SegmentLogStorageOptions::sync_appends`.
+    sync_appends: bool,
     logger: Logger,
 }
 
@@ -105,6 +107,7 @@ impl Writer {
                 .spare_after_bytes
                 .unwrap_or((opts.segment_size / 4).min(super::SPARE_AFTER_BYTES_DEFAULT)),
             spare_asked: false,
+            sync_appends: opts.sync_appends,
             logger: opts.logger.clone(),
         }
     }
@@ -210,7 +213,9 @@ impl Writer {
         };
         encode_batch_end(&mut self.buf, open.salt, &end);
         fs::write_all_at(&*open.file, &self.buf, start)?;
-        open.file.sync_data()?;
+        if self.sync_appends {
+            open.file.sync_data()?;
+        }
         open.write_offset += self.buf.len() as u64;
         let mut idx = index.write();
         let Some(seg) = idx.segments.last_mut().filter(|s| s.open) else {
