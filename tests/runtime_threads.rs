@@ -23,9 +23,12 @@ fn traft_threads() -> Vec<String> {
     names
 }
 
-/// The `traft-*` threads still alive: running or sleeping, not exited. A thread that exited
-/// and was joined may linger in /proc/self/task for a moment as a dead task (state `Z` or
-/// `X`) after `join` returned; one that was never joined would still be alive.
+/// The `traft-*` threads still waiting for work (state `S`, sleeping). A thread that was
+/// joined may linger in /proc/self/task for a moment after `join` returned: the kernel wakes
+/// the joiner when it clears the thread's id, early in the thread's exit, and the task then
+/// shows `R` or `D` until it is dead (`Z`, `X`); so only a sleeping thread is certainly one
+/// that was not joined (a pool or IO thread left running sleeps in its wait). One that
+/// never stops is caught by the wait for the list to empty, after each check.
 fn live_traft_threads() -> Vec<String> {
     let mut live = Vec::new();
     for entry in std::fs::read_dir("/proc/self/task").expect("procfs") {
@@ -36,8 +39,7 @@ fn live_traft_threads() -> Vec<String> {
         let state = stat
             .rsplit_once(") ")
             .and_then(|(_, rest)| rest.chars().next());
-        let dead = matches!(state, None | Some('Z') | Some('X'));
-        if name.trim().starts_with("traft-") && !dead {
+        if name.trim().starts_with("traft-") && state == Some('S') {
             live.push(name.trim().to_string());
         }
     }
