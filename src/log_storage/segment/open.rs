@@ -356,6 +356,9 @@ pub(crate) fn recover(
                 salt: k.salt,
                 write_offset: k.scanned.end,
                 capacity: k.map.bytes().len() as u64,
+                // Which blocks past the end were written (a spare's were) is not known:
+                // zeros are written ahead again from here.
+                zeroed: k.scanned.end,
             });
         }
         index.last_log_index = k.scanned.last_index();

@@ -68,7 +68,8 @@ const CHUNK: u64 = 256 << 10;
 /// milliseconds) that concurrent log syncs would queue behind.
 const SYNC_EVERY: u64 = 1 << 20;
 
-static ZEROS: [u8; CHUNK as usize] = [0; CHUNK as usize];
+/// A block of zeros to write from (spares, and the writer's zeros ahead of its batches).
+pub(crate) static ZEROS: [u8; CHUNK as usize] = [0; CHUNK as usize];
 
 /// Where spare segments are prepared (see the module documentation of `spare.rs`).
 #[derive(Clone, Default)]

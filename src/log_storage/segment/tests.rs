@@ -355,3 +355,53 @@ fn with_sync_appends_off_batches_are_written_not_synced_and_survive_a_process_re
     let s = open_fault(&fs, dir.path(), 64 << 10).unwrap();
     assert_log(&s, 1, &want);
 }
+
+#[test]
+fn a_preallocated_segment_gets_zeros_written_ahead_of_its_batches_once_per_step() {
+    use super::writer::ZERO_AHEAD;
+    let dir = tempdir();
+    let fs = FaultFs::new(dir.path(), 12).unwrap();
+    let mut o = opts(4 << 20);
+    // No spare: every write and sync counted below is the batches' and their zeros'.
+    o.spare = SparePreparation::Off;
+    let s = SegmentLogStorage::open(fs.shared(), dir.path(), o).unwrap();
+    // The first append creates (preallocates) the segment.
+    let mut want = vec![entry(1, 1, 1000)];
+    s.append_entries(&want).unwrap();
+    let mut with_zeros = 0;
+    // About 3 MiB of 1000-byte entries, one per batch: no rollover in 4 MiB.
+    for i in 2..=3000 {
+        let before = fs.stats();
+        let e = entry(i, 1, 1000);
+        s.append_entries(std::slice::from_ref(&e)).unwrap();
+        want.push(e);
+        let after = fs.stats();
+        assert_eq!(after.syncs - before.syncs, 1, "batch {i}");
+        let writes = after.writes - before.writes;
+        if writes > 1 {
+            with_zeros += 1;
+            // The zeros of one step: past this batch, at most twice the lead.
+            let zeros = after.bytes_written - before.bytes_written - 1000;
+            assert!(zeros <= 2 * ZERO_AHEAD, "batch {i}: {zeros} bytes of zeros");
+        }
+        let w = s.writer.lock();
+        let open = w.open_segment().expect("open segment");
+        assert!(
+            open.zeroed >= (open.write_offset + ZERO_AHEAD).min(open.capacity),
+            "batch {i}: zeros end at {} but the last batch at {}",
+            open.zeroed,
+            open.write_offset
+        );
+    }
+    // One step per ZERO_AHEAD of appends, not one per batch.
+    let steps = (3000 * 1000) / ZERO_AHEAD;
+    assert!(
+        (steps - 2..=steps + 2).contains(&with_zeros),
+        "{with_zeros} appends wrote zeros, expected about {steps}"
+    );
+    // Zeros ahead are only zeros: a torn crash, then reopen, gives back every synced entry.
+    drop(s);
+    fs.crash(CrashMode::Torn).unwrap();
+    let s = open_fault(&fs, dir.path(), 4 << 20).unwrap();
+    assert_log(&s, 1, &want);
+}
