@@ -327,13 +327,10 @@ fn step5_log(cx: &mut Ctx<'_>, opts: &NodeOptions) -> Result<(DirLock, Arc<LogMa
     } else {
         let seg_opts = SegmentLogStorageOptions {
             logger: cx.logger.clone(),
-            // Segments are prepared ahead (zero-filled and synced) on the disk pool, so that
-            // appends' syncs commit no extent conversion; without syncs there is nothing to
-            // gain from the zeros.
-            spare: match opts.sync {
-                true => SparePreparation::Pool(cx.runtime.disk_pool()),
-                false => SparePreparation::Off,
-            },
+            // No spare segments: the writer's zeros ahead of its batches keep the syncs off
+            // unwritten extents, and without the spares' 64 MiB background fills the bench's
+            // disk lines measured 1.2-1.7x faster (docs/BENCHMARKS.md).
+            spare: SparePreparation::Off,
             sync_appends: opts.sync,
             ..SegmentLogStorageOptions::default()
         };

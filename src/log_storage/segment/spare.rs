@@ -83,7 +83,7 @@ pub enum SparePreparation {
     /// a whole segment's worth of zeros under the storage's writer lock. Deterministic, for
     /// tests and single-threaded tools; never for a node.
     Inline,
-    /// By a job on this pool (a [`Runtime`](crate::Runtime)'s disk pool: `Node` passes it),
+    /// By a job on this pool (such as a [`Runtime`](crate::Runtime)'s disk pool),
     /// one 256 KiB chunk per turn.
     /// A rollover that finds no ready spare (appends outran the preparation) preallocates a
     /// segment itself as in `Off` mode, without waiting.
