@@ -49,9 +49,9 @@ pub(crate) struct OpenSegment {
 /// How far ahead of the last batch a preallocated segment's blocks are written with zeros.
 /// Its extents are *unwritten* (`fallocate`): a sync of a batch landing in them also commits
 /// their conversion to the ext4 journal (docs/BENCHMARKS.md: fdatasync p50 172 us against
-/// 127 us over written blocks). Spares avoid that for the segments after the first, but a
-/// log's first segment (and one made when appends outran the spare) is preallocated, and a
-/// fresh node spends its first 64 MiB of appends there. So when a batch ends less than
+/// 127 us over written blocks). Spares avoid that where they are used, but a log's first
+/// segment, one made when appends outran the spare, and every segment of a `Node` (which
+/// prepares no spares) is preallocated here. So when a batch ends less than
 /// this far before the frontier, the writer writes zeros up to twice this far past the
 /// batch, before the batch's sync, which then writes them back and commits their
 /// conversion once: about one append in 256 KiB carries 256 KiB of zeros and one
