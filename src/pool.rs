@@ -185,3 +185,56 @@ fn worker(pool: PoolHandle) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    struct Count(Arc<AtomicUsize>);
+
+    impl Job for Count {
+        fn run(self: Arc<Self>, _pool: &PoolHandle) -> bool {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+
+    /// Jobs scheduled from several threads while workers go idle and wake again all run, and
+    /// a stopped pool refuses new ones.
+    #[test]
+    fn every_scheduled_job_runs_while_workers_sleep_and_wake() {
+        let pool = Pool::new("test", 2).unwrap();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let per_producer = 20_000;
+        thread::scope(|s| {
+            for p in 0..4 {
+                let (h, ran) = (pool.handle(), ran.clone());
+                s.spawn(move || {
+                    for i in 0..per_producer {
+                        h.schedule(Arc::new(Count(ran.clone()))).unwrap();
+                        // Now and then let the workers drain and go idle.
+                        if (i + p) % 1000 == 0 {
+                            thread::sleep(Duration::from_micros(200));
+                        }
+                    }
+                });
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ran.load(Ordering::Relaxed) < 4 * per_producer {
+            assert!(
+                Instant::now() < deadline,
+                "{} of {} jobs ran",
+                ran.load(Ordering::Relaxed),
+                4 * per_producer
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+        assert!(!pool.handle().has_waiting());
+        pool.shutdown();
+        assert!(pool.handle().schedule(Arc::new(Count(ran))).is_err());
+    }
+}
