@@ -5,7 +5,11 @@
 //!
 //! Run: `cargo run --release --example bench` (the default matrix), or one configuration:
 //! `cargo run --release --example bench -- --nodes 3 --groups 1 --clients 256 --payload 64
-//!  --log memory --sync on --secs 5`.
+//!  --log memory --sync on --secs 5`. `--log both` runs the memory and the disk line;
+//! `--rounds N` repeats everything N times (each round measures the machine again and starts
+//! one line later), then prints each line's medians. Whenever a disk line has its memory
+//! line, a `ratio` line gives disk / memory per round and their median; a 1-client line with
+//! sync on gets a `floor` line: p50 over the round's loopback RTT + fdatasync p50.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -342,11 +346,36 @@ fn fdatasync_us(written: bool) -> (u64, u64) {
     (percentile(&samples, 0.5), percentile(&samples, 0.99))
 }
 
-fn parse_args() -> Option<Config> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.is_empty() {
-        return None;
+/// The command line: the configurations to run and how many rounds of them.
+struct Plan {
+    configs: Vec<Config>,
+    rounds: usize,
+}
+
+/// The default matrix: callbacks and threads, memory and disk, 1, 64 and 256 clients.
+fn matrix() -> Vec<Config> {
+    let mut v = Vec::new();
+    for threads in [false, true] {
+        for disk in [false, true] {
+            for clients in [1, 64, 256] {
+                v.push(Config {
+                    nodes: 3,
+                    groups: 1,
+                    clients,
+                    payload: 64,
+                    disk,
+                    sync: true,
+                    secs: 5,
+                    threads,
+                });
+            }
+        }
     }
+    v
+}
+
+fn parse_args() -> Plan {
+    let args: Vec<String> = std::env::args().skip(1).collect();
     let mut cfg = Config {
         nodes: 3,
         groups: 1,
@@ -357,6 +386,7 @@ fn parse_args() -> Option<Config> {
         secs: 5,
         threads: false,
     };
+    let (mut rounds, mut one_config, mut both_logs) = (1, false, false);
     let mut it = args.iter();
     while let Some(k) = it.next() {
         let v = it.next().map(String::as_str).unwrap_or("");
@@ -364,19 +394,97 @@ fn parse_args() -> Option<Config> {
             v.parse::<usize>()
                 .unwrap_or_else(|_| panic!("{k} needs a number, got {v:?}"))
         };
+        one_config |= k != "--rounds";
         match k.as_str() {
             "--nodes" => cfg.nodes = num(),
             "--groups" => cfg.groups = num(),
             "--clients" => cfg.clients = num(),
             "--payload" => cfg.payload = num(),
             "--secs" => cfg.secs = num() as u64,
-            "--log" => cfg.disk = v == "disk",
+            "--log" => {
+                cfg.disk = v == "disk";
+                both_logs = v == "both";
+            }
             "--sync" => cfg.sync = v != "off",
             "--clients-as" => cfg.threads = v == "threads",
+            "--rounds" => rounds = num().max(1),
             other => panic!("unknown argument {other}"),
         }
     }
-    Some(cfg)
+    let configs = match (one_config, both_logs) {
+        (false, _) => matrix(),
+        (true, false) => vec![cfg],
+        (true, true) => vec![
+            Config {
+                disk: false,
+                ..cfg.clone()
+            },
+            Config { disk: true, ..cfg },
+        ],
+    };
+    Plan { configs, rounds }
+}
+
+/// The configuration's fields, as the line prints them (without `log`, so a memory line and
+/// its disk line share a key).
+fn key(cfg: &Config) -> String {
+    format!(
+        "nodes={} groups={} clients={} clients_as={} payload={} sync={}",
+        cfg.nodes,
+        cfg.groups,
+        cfg.clients,
+        if cfg.threads { "threads" } else { "callbacks" },
+        cfg.payload,
+        if cfg.sync { "on" } else { "off" },
+    )
+}
+
+/// The configuration's fields in the bench line's order.
+fn fields(cfg: &Config) -> String {
+    format!(
+        "nodes={} groups={} clients={} clients_as={} payload={} log={} sync={}",
+        cfg.nodes,
+        cfg.groups,
+        cfg.clients,
+        if cfg.threads { "threads" } else { "callbacks" },
+        cfg.payload,
+        if cfg.disk { "disk" } else { "memory" },
+        if cfg.sync { "on" } else { "off" },
+    )
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn list(v: &[f64]) -> String {
+    v.iter()
+        .map(|x| format!("{x:.2}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// One round's measurement of this machine's floor.
+struct Machine {
+    rtt50: u64,
+    sync50: u64,
+}
+
+fn measure_machine(round: usize) -> Machine {
+    let (rtt50, rtt99) = loopback_rtt_us();
+    let (sync50, sync99) = fdatasync_us(false);
+    let (wsync50, wsync99) = fdatasync_us(true);
+    println!(
+        "machine round={round} loopback_rtt_p50_us={rtt50} loopback_rtt_p99_us={rtt99} \
+         fdatasync_p50_us={sync50} fdatasync_p99_us={sync99} \
+         fdatasync_written_p50_us={wsync50} fdatasync_written_p99_us={wsync99}"
+    );
+    Machine { rtt50, sync50 }
 }
 
 fn main() {
@@ -391,55 +499,89 @@ fn main() {
         ..RuntimeOptions::default()
     })
     .expect("runtime");
-    let (rtt50, rtt99) = loopback_rtt_us();
-    let (sync50, sync99) = fdatasync_us(false);
-    let (wsync50, wsync99) = fdatasync_us(true);
-    println!(
-        "machine loopback_rtt_p50_us={rtt50} loopback_rtt_p99_us={rtt99} \
-         fdatasync_p50_us={sync50} fdatasync_p99_us={sync99} \
-         fdatasync_written_p50_us={wsync50} fdatasync_written_p99_us={wsync99}"
-    );
-    let configs = match parse_args() {
-        Some(c) => vec![c],
-        None => {
-            let mut v = Vec::new();
-            for threads in [false, true] {
-                for disk in [false, true] {
-                    for clients in [1, 64, 256] {
-                        v.push(Config {
-                            nodes: 3,
-                            groups: 1,
-                            clients,
-                            payload: 64,
-                            disk,
-                            sync: true,
-                            secs: 5,
-                            threads,
-                        });
-                    }
-                }
-            }
-            v
+    let plan = parse_args();
+    let n = plan.configs.len();
+    // results[config][round] and the round's machine floor.
+    let mut results: Vec<Vec<Result>> = (0..n).map(|_| Vec::new()).collect();
+    let mut machines = Vec::new();
+    for round in 1..=plan.rounds {
+        machines.push(measure_machine(round));
+        // Each round starts one configuration later, so no line always runs first.
+        for i in (0..n).map(|i| (i + round - 1) % n) {
+            let cfg = &plan.configs[i];
+            let r = run(cfg, &rt);
+            println!(
+                "bench {} ops_per_s={:.0} p50_us={} p99_us={} p999_us={} errors={} \
+                 round={round}",
+                fields(cfg),
+                r.ops_per_s,
+                r.p50_us,
+                r.p99_us,
+                r.p999_us,
+                r.errors
+            );
+            results[i].push(r);
         }
-    };
-    for cfg in configs {
-        let r = run(&cfg, &rt);
-        println!(
-            "bench nodes={} groups={} clients={} clients_as={} payload={} log={} sync={} \
-             ops_per_s={:.0} p50_us={} p99_us={} p999_us={} errors={}",
-            cfg.nodes,
-            cfg.groups,
-            cfg.clients,
-            if cfg.threads { "threads" } else { "callbacks" },
-            cfg.payload,
-            if cfg.disk { "disk" } else { "memory" },
-            if cfg.sync { "on" } else { "off" },
-            r.ops_per_s,
-            r.p50_us,
-            r.p99_us,
-            r.p999_us,
-            r.errors
-        );
     }
+    summarize(&plan, &results, &machines);
     rt.shutdown();
+}
+
+/// The goals' figures from same-round pairs: disk over memory per round, and one client's
+/// p50 over its round's loopback RTT + fdatasync. With several rounds, also each line's
+/// medians.
+fn summarize(plan: &Plan, results: &[Vec<Result>], machines: &[Machine]) {
+    if plan.rounds > 1 {
+        for (cfg, rs) in plan.configs.iter().zip(results) {
+            let ops: Vec<f64> = rs.iter().map(|r| r.ops_per_s).collect();
+            let (lo, hi) = ops
+                .iter()
+                .fold((f64::MAX, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+            println!(
+                "median {} rounds={} ops_per_s={:.0} ops_per_s_min={lo:.0} \
+                 ops_per_s_max={hi:.0} p50_us={:.0} p99_us={:.0} p999_us={:.0}",
+                fields(cfg),
+                plan.rounds,
+                median(ops),
+                median(rs.iter().map(|r| r.p50_us as f64).collect()),
+                median(rs.iter().map(|r| r.p99_us as f64).collect()),
+                median(rs.iter().map(|r| r.p999_us as f64).collect()),
+            );
+        }
+    }
+    for (i, cfg) in plan.configs.iter().enumerate() {
+        if !cfg.disk {
+            continue;
+        }
+        let memory = plan
+            .configs
+            .iter()
+            .position(|m| !m.disk && key(m) == key(cfg));
+        if let Some(m) = memory {
+            let ratios: Vec<f64> = results[i]
+                .iter()
+                .zip(&results[m])
+                .map(|(d, m)| d.ops_per_s / m.ops_per_s.max(1.0))
+                .collect();
+            println!(
+                "ratio {} disk_over_memory={:.2} per_round={}",
+                key(cfg),
+                median(ratios.clone()),
+                list(&ratios)
+            );
+        }
+        if cfg.clients == 1 && cfg.sync {
+            let floors: Vec<f64> = results[i]
+                .iter()
+                .zip(machines)
+                .map(|(r, m)| r.p50_us as f64 / (m.rtt50 + m.sync50).max(1) as f64)
+                .collect();
+            println!(
+                "floor {} p50_over_rtt_plus_fdatasync={:.2} per_round={}",
+                key(cfg),
+                median(floors.clone()),
+                list(&floors)
+            );
+        }
+    }
 }
