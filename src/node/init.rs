@@ -327,10 +327,16 @@ fn step5_log(cx: &mut Ctx<'_>, opts: &NodeOptions) -> Result<(DirLock, Arc<LogMa
     } else {
         let seg_opts = SegmentLogStorageOptions {
             logger: cx.logger.clone(),
-            // No spare segments: the writer's zeros ahead of its batches keep the syncs off
-            // unwritten extents, and without the spares' 64 MiB background fills the bench's
-            // disk lines measured 1.2-1.7x faster (docs/BENCHMARKS.md).
-            spare: SparePreparation::Off,
+            // Segments are prepared ahead (zero-filled and synced) on the disk pool, so that
+            // appends' syncs commit no extent conversion; without syncs there is nothing to
+            // gain from the zeros. Small batches in a segment that is not a spare (the first)
+            // get zeros written ahead by the writer instead. Without spares the fresh-start
+            // bench's small-batch lines ran faster, but bulk batches (64 KiB-1 MiB) fell to
+            // 0.48-0.57 of raw writes (docs/BENCHMARKS.md, "Zeros ahead").
+            spare: match opts.sync {
+                true => SparePreparation::Pool(cx.runtime.disk_pool()),
+                false => SparePreparation::Off,
+            },
             sync_appends: opts.sync,
             ..SegmentLogStorageOptions::default()
         };

@@ -60,9 +60,8 @@ pub struct SegmentLogStorageOptions {
     pub logger: Logger,
     /// Where the next segment is prepared ahead of time (written with zeros and synced, so
     /// that appends' syncs commit no extent conversion). Default
-    /// [`SparePreparation::Off`]: segments are preallocated at rollover, and the writer
-    /// writes zeros ahead of its batches instead. `Node` uses `Off`: with the zeros written
-    /// ahead, spares' background fills cost more than they saved (docs/BENCHMARKS.md).
+    /// [`SparePreparation::Off`]: segments are preallocated at rollover (and the writer
+    /// writes zeros ahead of small batches in them). `Node` passes its runtime's disk pool.
     pub spare: SparePreparation,
     /// Bytes appended into the open segment before its successor's spare is prepared.
     /// `None` (default): [`SPARE_AFTER_BYTES_DEFAULT`] or a quarter of `segment_size`,

@@ -399,6 +399,16 @@ fn a_preallocated_segment_gets_zeros_written_ahead_of_its_batches_once_per_step(
         (steps - 2..=steps + 2).contains(&with_zeros),
         "{with_zeros} appends wrote zeros, expected about {steps}"
     );
+    // A bulk batch (over ZERO_AHEAD_BATCH_MAX) writes none, even past the frontier.
+    for round in 0..20 {
+        let first = want.len() as u64 + 1;
+        let bulk = entries(first, first + 19, 1, 1000);
+        let before = fs.stats();
+        s.append_entries(&bulk).unwrap();
+        want.extend(bulk);
+        let after = fs.stats();
+        assert_eq!(after.writes - before.writes, 1, "bulk batch {round}");
+    }
     // Zeros ahead are only zeros: a torn crash, then reopen, gives back every synced entry.
     drop(s);
     fs.crash(CrashMode::Torn).unwrap();
