@@ -425,11 +425,16 @@ fn parse_args() -> Plan {
     Plan { configs, rounds }
 }
 
-/// The configuration's fields, as the line prints them (without `log`, so a memory line and
-/// its disk line share a key).
-fn key(cfg: &Config) -> String {
+/// The configuration's fields in the bench line's order; without `log` when `with_log` is
+/// false, so that a memory line and its disk line share a key.
+fn fields(cfg: &Config, with_log: bool) -> String {
+    let log = match (with_log, cfg.disk) {
+        (false, _) => "",
+        (true, true) => " log=disk",
+        (true, false) => " log=memory",
+    };
     format!(
-        "nodes={} groups={} clients={} clients_as={} payload={} sync={}",
+        "nodes={} groups={} clients={} clients_as={} payload={}{log} sync={}",
         cfg.nodes,
         cfg.groups,
         cfg.clients,
@@ -439,18 +444,9 @@ fn key(cfg: &Config) -> String {
     )
 }
 
-/// The configuration's fields in the bench line's order.
-fn fields(cfg: &Config) -> String {
-    format!(
-        "nodes={} groups={} clients={} clients_as={} payload={} log={} sync={}",
-        cfg.nodes,
-        cfg.groups,
-        cfg.clients,
-        if cfg.threads { "threads" } else { "callbacks" },
-        cfg.payload,
-        if cfg.disk { "disk" } else { "memory" },
-        if cfg.sync { "on" } else { "off" },
-    )
+/// A memory line and its disk line share this key.
+fn key(cfg: &Config) -> String {
+    fields(cfg, false)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -513,7 +509,7 @@ fn main() {
             println!(
                 "bench {} ops_per_s={:.0} p50_us={} p99_us={} p999_us={} errors={} \
                  round={round}",
-                fields(cfg),
+                fields(cfg, true),
                 r.ops_per_s,
                 r.p50_us,
                 r.p99_us,
@@ -540,7 +536,7 @@ fn summarize(plan: &Plan, results: &[Vec<Result>], machines: &[Machine]) {
             println!(
                 "median {} rounds={} ops_per_s={:.0} ops_per_s_min={lo:.0} \
                  ops_per_s_max={hi:.0} p50_us={:.0} p99_us={:.0} p999_us={:.0}",
-                fields(cfg),
+                fields(cfg, true),
                 plan.rounds,
                 median(ops),
                 median(rs.iter().map(|r| r.p50_us as f64).collect()),
