@@ -374,6 +374,20 @@ fn matrix() -> Vec<Config> {
     v
 }
 
+const USAGE: &str = "\
+usage: bench [--nodes N] [--groups N] [--clients N] [--clients-as callbacks|threads]
+             [--payload BYTES] [--log memory|disk|both] [--sync on|off] [--secs N]
+             [--rounds N]
+With no option but --rounds: the default matrix (1, 64 and 256 clients, callbacks and
+threads, memory and disk log). Any other option runs that one configuration (defaults:
+3 nodes, 1 group, 64 clients as callbacks, 64-byte payload, memory log, sync on, 5 s).";
+
+/// Exits with the usage and `msg` (status 2), as a command-line tool does on bad input.
+fn usage_error(msg: &str) -> ! {
+    eprintln!("bench: {msg}\n{USAGE}");
+    std::process::exit(2)
+}
+
 fn parse_args() -> Plan {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut cfg = Config {
@@ -389,26 +403,44 @@ fn parse_args() -> Plan {
     let (mut rounds, mut one_config, mut both_logs) = (1, false, false);
     let mut it = args.iter();
     while let Some(k) = it.next() {
-        let v = it.next().map(String::as_str).unwrap_or("");
-        let num = || {
-            v.parse::<usize>()
-                .unwrap_or_else(|_| panic!("{k} needs a number, got {v:?}"))
+        if k == "--help" || k == "-h" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        let Some(v) = it.next().map(String::as_str) else {
+            usage_error(&format!("{k} needs a value"));
+        };
+        let num = |min: usize| match v.parse::<usize>() {
+            Ok(n) if n >= min => n,
+            _ => usage_error(&format!("{k} needs a number >= {min}, got {v:?}")),
+        };
+        let pick = |choices: &[&str]| {
+            if !choices.contains(&v) {
+                usage_error(&format!("{k} is one of {}, got {v:?}", choices.join("|")));
+            }
         };
         one_config |= k != "--rounds";
         match k.as_str() {
-            "--nodes" => cfg.nodes = num(),
-            "--groups" => cfg.groups = num(),
-            "--clients" => cfg.clients = num(),
-            "--payload" => cfg.payload = num(),
-            "--secs" => cfg.secs = num() as u64,
+            "--nodes" => cfg.nodes = num(1),
+            "--groups" => cfg.groups = num(1),
+            "--clients" => cfg.clients = num(1),
+            "--payload" => cfg.payload = num(0),
+            "--secs" => cfg.secs = num(1) as u64,
             "--log" => {
+                pick(&["memory", "disk", "both"]);
                 cfg.disk = v == "disk";
                 both_logs = v == "both";
             }
-            "--sync" => cfg.sync = v != "off",
-            "--clients-as" => cfg.threads = v == "threads",
-            "--rounds" => rounds = num().max(1),
-            other => panic!("unknown argument {other}"),
+            "--sync" => {
+                pick(&["on", "off"]);
+                cfg.sync = v == "on";
+            }
+            "--clients-as" => {
+                pick(&["callbacks", "threads"]);
+                cfg.threads = v == "threads";
+            }
+            "--rounds" => rounds = num(1),
+            other => usage_error(&format!("unknown option {other}")),
         }
     }
     let configs = match (one_config, both_logs) {
