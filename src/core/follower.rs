@@ -11,6 +11,25 @@ use crate::core::{Action, PendingAck, RaftCore, Role};
 use crate::types::{EntryType, LogId, PeerId};
 
 impl RaftCore {
+    /// Takes `from` as the leader of `term` (at least this peer's term) after an
+    /// AppendEntries or InstallSnapshot: follows it, adopting the term, and renews the
+    /// follower lease and the election timer. Returns false, changing nothing, when this peer
+    /// leads that term itself: two leaders of one term means a bug elsewhere, and the
+    /// request (`what`) is dropped.
+    pub(super) fn accept_leader(&mut self, from: PeerId, term: u64, what: &str) -> bool {
+        if term == self.term && self.role == Role::Leader {
+            slog::error!(self.logger, "a request from another leader of my own term";
+                "request" => what, "from" => %from, "term" => self.term);
+            return false;
+        }
+        if term > self.term || self.role != Role::Follower || self.leader != Some(from) {
+            self.become_follower(term, Some(from));
+        }
+        self.follower_lease.renew(self.now_ms);
+        self.timers.election_base_ms = self.now_ms;
+        true
+    }
+
     pub(super) fn handle_append_entries(&mut self, from: PeerId, req: &AppendEntriesRequest) {
         if req.term < self.term {
             // A deposed leader: tell it the term so it steps down.
@@ -23,16 +42,9 @@ impl RaftCore {
                 "from" => %from, "error" => %e);
             return;
         }
-        if req.term == self.term && self.role == Role::Leader {
-            slog::error!(self.logger, "AppendEntries from another leader of my own term";
-                "from" => %from, "term" => self.term);
+        if !self.accept_leader(from, req.term, "AppendEntries") {
             return;
         }
-        if req.term > self.term || self.role != Role::Follower || self.leader != Some(from) {
-            self.become_follower(req.term, Some(from));
-        }
-        self.follower_lease.renew(self.now_ms);
-        self.timers.election_base_ms = self.now_ms;
         if self.installing.is_none() && req.prev.index < self.log.base().index {
             // The leader probes below this peer's snapshot: what the snapshot covers is
             // committed, so it matches every current leader. Tell the leader where the durable

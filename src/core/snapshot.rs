@@ -89,16 +89,9 @@ impl RaftCore {
             self.reply_append(from, false, 0, LogId::default(), req.sent_ms, req.round);
             return;
         }
-        if req.term == self.term && self.role == Role::Leader {
-            slog::error!(self.logger, "InstallSnapshot from another leader of my own term";
-                "from" => %from, "term" => self.term);
+        if !self.accept_leader(from, req.term, "InstallSnapshot") {
             return;
         }
-        if req.term > self.term || self.role != Role::Follower || self.leader != Some(from) {
-            self.become_follower(req.term, Some(from));
-        }
-        self.follower_lease.renew(self.now_ms);
-        self.timers.election_base_ms = self.now_ms;
         if self.installing.is_some() {
             return; // one install at a time; the leader offers again if this one is older
         }
