@@ -23,6 +23,8 @@ const MAGIC: &[u8; 8] = b"TRAFTMET";
 const VERSION: u32 = 1;
 /// The meta file's name inside its directory.
 pub const META_FILE: &str = "raft_meta";
+/// Far more than a term and a vote take: a longer file is damaged and is not read.
+const META_BYTES_MAX: u64 = 64 * 1024;
 
 /// Term and vote of one peer, durable.
 pub struct RaftMetaStorage {
@@ -89,7 +91,7 @@ impl RaftMetaStorage {
         let lock = fs.lock_dir(dir)?;
         let path = dir.join(META_FILE);
         let (term, voted_for, first_start) = if fs.exists(&path) {
-            let bytes = fs::read_file(&*fs, &path)?;
+            let bytes = fs::read_file(&*fs, &path, META_BYTES_MAX)?;
             let (term, vote) = decode(&bytes).map_err(|r| RaftError::corruption(&path, 0, r))?;
             (term, vote, false)
         } else {

@@ -15,7 +15,7 @@
 use crate::core::membership::Membership;
 use crate::core::message::{InstallSnapshotRequest, Message};
 use crate::core::progress::ProgressState;
-use crate::core::{Action, RaftCore, Role};
+use crate::core::{Action, RaftCore};
 use crate::types::{Configuration, LogId, PeerId};
 
 /// A follower's install in progress.

@@ -157,10 +157,19 @@ pub fn write_all_at(file: &dyn File, mut buf: &[u8], mut offset: u64) -> Result<
     Ok(())
 }
 
-/// Reads a whole (small) file.
-pub fn read_file(fs: &dyn FileSystem, path: &Path) -> Result<Vec<u8>> {
+/// Reads a whole file of at most `max` bytes. A longer file is [`RaftError::Corruption`],
+/// found before anything is allocated for it: a damaged length (or a sparse file of
+/// gigabytes) where a small meta file belongs must not become an allocation of its size.
+pub fn read_file(fs: &dyn FileSystem, path: &Path, max: u64) -> Result<Vec<u8>> {
     let file = fs.open(path, OpenOptions::READ)?;
     let len = file.size()?;
+    if len > max {
+        return Err(RaftError::corruption(
+            path,
+            0,
+            format!("{len} bytes, more than the {max} this file may hold"),
+        ));
+    }
     let len = usize::try_from(len)
         .map_err(|_| RaftError::invalid(format!("{} is too large to read", path.display())))?;
     let mut buf = vec![0u8; len];

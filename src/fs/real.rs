@@ -256,11 +256,32 @@ mod tests {
         let path = dir.path().join("meta");
         write_file_atomic(&RealFs, &path, b"one").unwrap();
         write_file_atomic(&RealFs, &path, b"two!").unwrap();
-        assert_eq!(read_file(&RealFs, &path).unwrap(), b"two!");
+        assert_eq!(read_file(&RealFs, &path, 4).unwrap(), b"two!");
         assert_eq!(
             RealFs.read_dir(dir.path()).unwrap(),
             vec!["meta".to_string()]
         );
+    }
+
+    #[test]
+    fn a_file_longer_than_its_bound_is_corrupt_and_nothing_is_allocated_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta");
+        write_file_atomic(&RealFs, &path, b"small").unwrap();
+        // A damaged meta file of 1 TiB (sparse): reading it whole would abort the process.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(1 << 40)
+            .unwrap();
+        match read_file(&RealFs, &path, 4096) {
+            Err(RaftError::Corruption { file, reason, .. }) => {
+                assert_eq!(file, path);
+                assert!(reason.contains("1099511627776 bytes"), "{reason}");
+            }
+            other => panic!("expected Corruption, got {other:?}"),
+        }
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::error::{RaftError, Result};
 use crate::exec_queue::{Batch, ExecQueue, ExecQueueOptions};
 use crate::pool::PoolHandle;
 use crate::rpc::{Caller, Method, Request, Server};
-use crate::snapshot::{SnapshotMeta, SnapshotStorage, SnapshotWriter};
+use crate::snapshot::{SnapshotMeta, SnapshotStorage, SnapshotWriter, META_BYTES_MAX};
 use crate::types::codec::{put_bytes32, put_u32, put_u64, put_u8, Reader};
 use crate::types::{Configuration, GroupId, LogId, PeerId};
 
@@ -65,6 +65,95 @@ struct Copy {
     file: usize,
     offset: u64,
     crc: u32,
+}
+
+impl Copy {
+    /// Takes one `GetFile` answer: the meta file first (bounded as it arrives, then checked
+    /// to name the snapshot asked for), then each file in turn, never past the size its
+    /// meta gives, its size and CRC checked at its end. Nothing from the leader is trusted.
+    fn take_chunk(&mut self, body: &[u8]) -> Result<()> {
+        let (&flag, data) = body
+            .split_first()
+            .ok_or_else(|| RaftError::decode("GetFile answer", "empty body"))?;
+        let eof = flag != 0;
+        if data.is_empty() && !eof {
+            return Err(RaftError::decode(
+                "GetFile answer",
+                "no data before the end",
+            ));
+        }
+        if data.len() > CHUNK_BYTES {
+            return Err(RaftError::decode(
+                "GetFile answer",
+                format!(
+                    "{} bytes where at most {CHUNK_BYTES} were asked for",
+                    data.len()
+                ),
+            ));
+        }
+        self.offset += data.len() as u64;
+        match &self.meta {
+            None => {
+                // The leader's answers are not trusted to end: the meta is bounded as it
+                // arrives, before it is kept.
+                if self.offset > META_BYTES_MAX as u64 {
+                    return Err(RaftError::invalid(format!(
+                        "the leader's snapshot meta runs past META_BYTES_MAX = {META_BYTES_MAX}"
+                    )));
+                }
+                self.meta_bytes.extend_from_slice(data);
+                if eof {
+                    let label = std::path::Path::new("leader snapshot meta");
+                    let meta = SnapshotMeta::decode(&self.meta_bytes, label)?;
+                    if meta.last_included != self.last {
+                        return Err(RaftError::invalid(format!(
+                            "the leader's snapshot is {}, not {}",
+                            meta.last_included, self.last
+                        )));
+                    }
+                    self.meta = Some(meta);
+                    self.offset = 0;
+                }
+            }
+            Some(meta) => {
+                let file = meta
+                    .files
+                    .get(self.file)
+                    .ok_or_else(|| RaftError::invalid("a GetFile answer after the last file"))?;
+                // Checked before the write: a leader that sends more than its meta
+                // declared must not fill this peer's disk.
+                if self.offset > file.size {
+                    return Err(RaftError::corruption(
+                        std::path::Path::new(&file.name),
+                        file.size,
+                        format!(
+                            "the leader sent {} bytes of a file its meta says has {}",
+                            self.offset, file.size
+                        ),
+                    ));
+                }
+                let writer = self.writer.as_mut().ok_or(RaftError::Stopped)?;
+                writer.write_at(&file.name, data, self.offset - data.len() as u64)?;
+                self.crc = crc32c::crc32c_append(self.crc, data);
+                if eof {
+                    if self.offset != file.size || self.crc != file.crc {
+                        return Err(RaftError::Corruption {
+                            file: file.name.clone().into(),
+                            offset: 0,
+                            reason: format!(
+                                "copied {} bytes crc {:#010x}, the leader's meta says {} bytes \
+                                 crc {:#010x}",
+                                self.offset, self.crc, file.size, file.crc
+                            ),
+                        });
+                    }
+                    self.file += 1;
+                    (self.offset, self.crc) = (0, 0);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What the snapshot queue's consumer owns.
@@ -263,59 +352,10 @@ impl SnapshotIoState {
         );
     }
 
-    /// Takes one chunk: the meta file first (checked to name the snapshot asked for), then
-    /// each file in turn, its size and CRC checked against the meta at its end.
+    /// Takes one chunk of the copy in progress and asks for the next.
     fn on_chunk(&mut self, body: &[u8]) -> Result<()> {
         let copy = self.copy.as_mut().ok_or(RaftError::Stopped)?;
-        let (&flag, data) = body
-            .split_first()
-            .ok_or_else(|| RaftError::decode("GetFile answer", "empty body"))?;
-        let eof = flag != 0;
-        if data.is_empty() && !eof {
-            return Err(RaftError::decode(
-                "GetFile answer",
-                "no data before the end",
-            ));
-        }
-        copy.offset += data.len() as u64;
-        match &copy.meta {
-            None => {
-                copy.meta_bytes.extend_from_slice(data);
-                if eof {
-                    let label = std::path::Path::new("leader snapshot meta");
-                    let meta = SnapshotMeta::decode(&copy.meta_bytes, label)?;
-                    if meta.last_included != copy.last {
-                        return Err(RaftError::invalid(format!(
-                            "the leader's snapshot is {}, not {}",
-                            meta.last_included, copy.last
-                        )));
-                    }
-                    copy.meta = Some(meta);
-                    copy.offset = 0;
-                }
-            }
-            Some(meta) => {
-                let file = &meta.files[copy.file];
-                let writer = copy.writer.as_mut().ok_or(RaftError::Stopped)?;
-                writer.write_at(&file.name, data, copy.offset - data.len() as u64)?;
-                copy.crc = crc32c::crc32c_append(copy.crc, data);
-                if eof {
-                    if copy.offset != file.size || copy.crc != file.crc {
-                        return Err(RaftError::Corruption {
-                            file: file.name.clone().into(),
-                            offset: 0,
-                            reason: format!(
-                                "copied {} bytes crc {:#010x}, the leader's meta says {} bytes \
-                                 crc {:#010x}",
-                                copy.offset, copy.crc, file.size, file.crc
-                            ),
-                        });
-                    }
-                    copy.file += 1;
-                    (copy.offset, copy.crc) = (0, 0);
-                }
-            }
-        }
+        copy.take_chunk(body)?;
         self.request_next();
         Ok(())
     }
@@ -433,6 +473,66 @@ mod tests {
         let meta = SnapshotMeta::decode(&meta, std::path::Path::new("meta")).unwrap();
         assert_eq!(meta.last_included, LogId::new(7, 2));
         assert_eq!(meta.files[0].size, state.len() as u64);
+    }
+
+    /// A follower's copy of the snapshot ending at 7.2, as `start` makes it.
+    fn copy_into(s: &SnapshotStorage) -> Copy {
+        Copy {
+            number: 1,
+            from: "127.0.0.1:1:0".parse().unwrap(),
+            last: LogId::new(7, 2),
+            conf: Configuration::parse_voters("127.0.0.1:1:0").unwrap(),
+            writer: Some(s.create_install_writer().unwrap()),
+            meta_bytes: Vec::new(),
+            meta: None,
+            file: 0,
+            offset: 0,
+            crc: 0,
+        }
+    }
+
+    fn answer(eof: bool, data: &[u8]) -> Vec<u8> {
+        [&[u8::from(eof)][..], data].concat()
+    }
+
+    #[test]
+    fn a_leader_that_sends_more_of_a_file_than_its_meta_declares_is_refused_before_the_write() {
+        let leader_dir = tempfile::tempdir().unwrap();
+        let leader = storage_with_snapshot(leader_dir.path(), b"ten bytes!");
+        let dir = tempfile::tempdir().unwrap();
+        let s = SnapshotStorage::open(RealFs::shared(), dir.path(), discard_logger()).unwrap();
+        let mut copy = copy_into(&s);
+        let (_, meta) = ask(&leader, 7, "", 0).unwrap();
+        copy.take_chunk(&answer(true, &meta)).unwrap();
+        copy.take_chunk(&answer(false, b"ten by")).unwrap();
+        let e = copy.take_chunk(&answer(false, b"tes! and more")).unwrap_err();
+        assert!(matches!(e, RaftError::Corruption { .. }), "{e}");
+        assert!(e.to_string().contains("19 bytes of a file its meta says has 10"), "{e}");
+        let written = std::fs::metadata(copy.writer.as_ref().unwrap().path().join("state"));
+        assert_eq!(written.unwrap().len(), 6, "only the bytes within the declared size");
+    }
+
+    #[test]
+    fn a_snapshot_meta_that_never_ends_is_refused_at_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SnapshotStorage::open(RealFs::shared(), dir.path(), discard_logger()).unwrap();
+        let mut copy = copy_into(&s);
+        let chunk = answer(false, &vec![0u8; CHUNK_BYTES]);
+        let mut taken = 0;
+        let e = loop {
+            match copy.take_chunk(&chunk) {
+                Ok(()) => taken += 1,
+                Err(e) => break e,
+            }
+            assert!(taken <= META_BYTES_MAX / CHUNK_BYTES, "no bound on the meta");
+        };
+        assert_eq!(taken, META_BYTES_MAX / CHUNK_BYTES);
+        assert!(copy.meta_bytes.len() <= META_BYTES_MAX);
+        assert!(e.to_string().contains("META_BYTES_MAX"), "{e}");
+        let e = copy_into(&s)
+            .take_chunk(&answer(false, &vec![0u8; CHUNK_BYTES + 1]))
+            .unwrap_err();
+        assert!(matches!(e, RaftError::Decode { .. }), "an answer over what was asked: {e}");
     }
 
     #[test]

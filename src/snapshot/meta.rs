@@ -16,6 +16,10 @@ const MAGIC: &[u8; 4] = b"TRSM";
 const VERSION: u8 = 1;
 /// The longest file name accepted in a snapshot.
 const NAME_LEN_MAX: usize = 255;
+/// The largest meta file written, read or copied from a leader (about 240,000 files of
+/// 255-byte names): a bound on what a damaged file or a faulty leader can make a peer
+/// allocate.
+pub const META_BYTES_MAX: usize = 64 << 20;
 
 /// One user file of a snapshot, as recorded in its meta.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -12,5 +12,5 @@
 mod meta;
 mod storage;
 
-pub use meta::{SnapshotFile, SnapshotMeta, META_FILE};
+pub use meta::{SnapshotFile, SnapshotMeta, META_BYTES_MAX, META_FILE};
 pub use storage::{SnapshotReader, SnapshotStorage, SnapshotWriter};

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use slog::Logger;
 
-use super::meta::{check_file_name, SnapshotFile, SnapshotMeta, META_FILE};
+use super::meta::{check_file_name, SnapshotFile, SnapshotMeta, META_BYTES_MAX, META_FILE};
 use crate::error::{RaftError, Result};
 use crate::fs::{self, FileSystem, OpenOptions};
 use crate::types::{Configuration, LogId};
@@ -216,7 +216,10 @@ impl SnapshotStorage {
 
     fn read_verified(&self, path: &Path) -> Result<SnapshotReader> {
         let meta_path = path.join(META_FILE);
-        let meta = SnapshotMeta::decode(&fs::read_file(&*self.fs, &meta_path)?, &meta_path)?;
+        let meta = SnapshotMeta::decode(
+            &fs::read_file(&*self.fs, &meta_path, META_BYTES_MAX as u64)?,
+            &meta_path,
+        )?;
         for f in &meta.files {
             let file_path = path.join(&f.name);
             let (size, crc) = checksum_file(&*self.fs, &file_path)?;
@@ -333,7 +336,16 @@ impl SnapshotWriter {
         let meta_file = self
             .fs
             .open(&self.temp.join(META_FILE), OpenOptions::CREATE_NEW)?;
-        fs::write_all_at(&*meta_file, &meta.encode(), 0)?;
+        let encoded = meta.encode();
+        if encoded.len() > META_BYTES_MAX {
+            return Err(RaftError::invalid(format!(
+                "a snapshot of {} files makes a meta of {} bytes, over META_BYTES_MAX = \
+                 {META_BYTES_MAX}",
+                meta.files.len(),
+                encoded.len()
+            )));
+        }
+        fs::write_all_at(&*meta_file, &encoded, 0)?;
         meta_file.sync_all()?;
         self.fs.sync_dir(&self.temp)?;
         Ok(meta)
@@ -368,7 +380,7 @@ impl SnapshotReader {
         if !self.meta.files.iter().any(|f| f.name == name) {
             return Err(RaftError::invalid(format!("snapshot has no file {name:?}")));
         }
-        fs::read_file(fs, &self.path.join(name))
+        fs::read_file(fs, &self.path.join(name), u64::MAX)
     }
 }
 

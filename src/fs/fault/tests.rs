@@ -130,7 +130,7 @@ fn handles_from_before_a_crash_are_dead() {
     let f = fs.open(&path, OpenOptions::WRITE).unwrap();
     fs.crash(CrashMode::DropUnsynced).unwrap();
     assert!(f.write_at(b"2", 0).is_err());
-    assert_eq!(read_file(&fs, &path).unwrap(), b"1");
+    assert_eq!(read_file(&fs, &path, 1).unwrap(), b"1");
 }
 
 #[test]

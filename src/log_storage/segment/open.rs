@@ -56,10 +56,13 @@ struct Plan {
     seal: Vec<(PathBuf, PathBuf)>,
 }
 
+/// Far more than `log_meta` takes: a longer file is damaged and is not read.
+const META_BYTES_MAX: u64 = 4096;
+
 fn load_meta(fs: &dyn FileSystem, dir: &Path, names: &[String]) -> Result<LogMeta> {
     let path = dir.join(META_FILE);
     if names.iter().any(|n| n == META_FILE) {
-        let bytes = fs::read_file(fs, &path)?;
+        let bytes = fs::read_file(fs, &path, META_BYTES_MAX)?;
         return format::decode_meta(&bytes).map_err(|r| RaftError::corruption(&path, 0, r));
     }
     if let Some(seg) = names.iter().find(|n| format::parse_name(n).is_some()) {
