@@ -505,11 +505,21 @@ mod tests {
         let (_, meta) = ask(&leader, 7, "", 0).unwrap();
         copy.take_chunk(&answer(true, &meta)).unwrap();
         copy.take_chunk(&answer(false, b"ten by")).unwrap();
-        let e = copy.take_chunk(&answer(false, b"tes! and more")).unwrap_err();
+        let e = copy
+            .take_chunk(&answer(false, b"tes! and more"))
+            .unwrap_err();
         assert!(matches!(e, RaftError::Corruption { .. }), "{e}");
-        assert!(e.to_string().contains("19 bytes of a file its meta says has 10"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("19 bytes of a file its meta says has 10"),
+            "{e}"
+        );
         let written = std::fs::metadata(copy.writer.as_ref().unwrap().path().join("state"));
-        assert_eq!(written.unwrap().len(), 6, "only the bytes within the declared size");
+        assert_eq!(
+            written.unwrap().len(),
+            6,
+            "only the bytes within the declared size"
+        );
     }
 
     #[test]
@@ -524,7 +534,10 @@ mod tests {
                 Ok(()) => taken += 1,
                 Err(e) => break e,
             }
-            assert!(taken <= META_BYTES_MAX / CHUNK_BYTES, "no bound on the meta");
+            assert!(
+                taken <= META_BYTES_MAX / CHUNK_BYTES,
+                "no bound on the meta"
+            );
         };
         assert_eq!(taken, META_BYTES_MAX / CHUNK_BYTES);
         assert!(copy.meta_bytes.len() <= META_BYTES_MAX);
@@ -532,7 +545,10 @@ mod tests {
         let e = copy_into(&s)
             .take_chunk(&answer(false, &vec![0u8; CHUNK_BYTES + 1]))
             .unwrap_err();
-        assert!(matches!(e, RaftError::Decode { .. }), "an answer over what was asked: {e}");
+        assert!(
+            matches!(e, RaftError::Decode { .. }),
+            "an answer over what was asked: {e}"
+        );
     }
 
     #[test]

@@ -80,9 +80,23 @@ fn load_meta(fs: &dyn FileSystem, dir: &Path, names: &[String]) -> Result<LogMet
     Ok(meta)
 }
 
+/// The highest entry index a segment's name or header may give. Far beyond any real log
+/// (2^62 entries), and low enough that index arithmetic over a segment's entries (fewer than
+/// 2^32) cannot overflow, whatever a damaged or crafted file says.
+const INDEX_MAX: u64 = 1 << 62;
+
 fn map_file(fs: &dyn FileSystem, path: &Path) -> Result<Arc<dyn Mapping>> {
     let file = fs.open(path, OpenOptions::READ)?;
     let len = file.size()?;
+    // Offsets inside a segment are u32 (SegmentLogStorageOptions bounds segments below
+    // 4 GiB): a longer file is not one this storage wrote.
+    if len > u64::from(u32::MAX) {
+        return Err(RaftError::corruption(
+            path,
+            0,
+            format!("a segment of {len} bytes; segments are under 4 GiB"),
+        ));
+    }
     file.map(len)
 }
 
@@ -134,9 +148,17 @@ fn candidates(
             plan.remove.push(path);
             continue;
         }
-        let first = match kind {
-            FileKind::Closed { first, .. } | FileKind::Open { first } => first,
+        let (first, last) = match kind {
+            FileKind::Closed { first, last } => (first, last),
+            FileKind::Open { first } => (first, first),
         };
+        if first == 0 || last > INDEX_MAX {
+            return Err(RaftError::corruption(
+                &path,
+                0,
+                format!("segment indexes outside 1..={INDEX_MAX} in its name"),
+            ));
+        }
         if header.epoch > meta.epoch || header.first_index != first {
             return Err(RaftError::corruption(
                 &path,
