@@ -20,7 +20,7 @@
 
 use crate::error::{RaftError, Result};
 use crate::types::codec::{put_u32, put_u64, put_u8, Reader};
-use crate::types::{Configuration, EntryType, LogId};
+use crate::types::{Configuration, EntryType, LogId, LOG_INDEX_MAX};
 
 /// A request for a vote (or, with `pre_vote`, for the opinion whether one would be granted).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -369,6 +369,15 @@ impl AppendEntriesRequest {
         if self.prev.term > self.term {
             return bad(format!("prev {} is above term {}", self.prev, self.term));
         }
+        let last = self.prev.index.saturating_add(self.entries.len() as u64);
+        if last > LOG_INDEX_MAX || self.commit > LOG_INDEX_MAX {
+            return bad(format!(
+                "indexes past LOG_INDEX_MAX (prev {}, {} entries, commit {})",
+                self.prev,
+                self.entries.len(),
+                self.commit
+            ));
+        }
         let mut expect = self.prev;
         for e in &self.entries {
             if Some(e.id.index) != expect.index.checked_add(1) {
@@ -446,7 +455,7 @@ impl InstallSnapshotRequest {
             sent_ms: r.u64()?,
             round: r.u64()?,
         };
-        if req.last.term > req.term || req.last.index == 0 {
+        if req.last.term > req.term || req.last.index == 0 || req.last.index > LOG_INDEX_MAX {
             return Err(r.error(format!("snapshot {} from term {}", req.last, req.term)));
         }
         if req.conf.is_empty() {

@@ -20,6 +20,11 @@ pub use rng::Rng;
 use crate::error::{RaftError, Result};
 use codec::{put_u64, Reader};
 
+/// The highest log index traft accepts from the network or the disk (2^62): far beyond any
+/// real log, and low enough that index arithmetic (`index + 1`, `index + count`) on what a
+/// faulty peer or a damaged file says cannot overflow.
+pub const LOG_INDEX_MAX: u64 = 1 << 62;
+
 /// The position of an entry in the log: its index and the term of the leader that created it.
 ///
 /// Two entries with the same `LogId` hold the same data (Raft's log matching property).

@@ -26,7 +26,7 @@ fn append_request() -> impl Strategy<Value = AppendEntriesRequest> {
     (
         0u64..1000,
         0u64..1000,
-        any::<u64>(),
+        0..=LOG_INDEX_MAX,
         any::<u64>(),
         kinds,
         any::<u64>(),
@@ -91,7 +91,7 @@ fn message() -> impl Strategy<Value = Message> {
         any::<u64>().prop_map(|term| Message::TimeoutNow(TimeoutNow { term })),
         (
             0u64..u64::MAX / 2,
-            1u64..u64::MAX,
+            1..=LOG_INDEX_MAX,
             configuration(),
             any::<u64>(),
             any::<u64>()
@@ -107,6 +107,44 @@ fn message() -> impl Strategy<Value = Message> {
                 })
             }),
     ]
+}
+
+#[test]
+fn indexes_past_log_index_max_are_refused_where_arithmetic_follows() {
+    let conf = Configuration::parse_voters("10.0.0.1:1:0").unwrap();
+    let snapshot = |index| {
+        let mut buf = Vec::new();
+        InstallSnapshotRequest {
+            term: 2,
+            last: LogId::new(index, 1),
+            conf: conf.clone(),
+            sent_ms: 0,
+            round: 0,
+        }
+        .encode(&mut buf);
+        InstallSnapshotRequest::decode(&mut Reader::new("m", &buf))
+    };
+    assert!(snapshot(LOG_INDEX_MAX).is_ok());
+    assert!(snapshot(LOG_INDEX_MAX + 1).is_err());
+    assert!(snapshot(u64::MAX).is_err());
+    let append = |prev_index, commit, entries: u64| AppendEntriesRequest {
+        term: 2,
+        prev: LogId::new(prev_index, 1),
+        commit,
+        sent_ms: 0,
+        round: 0,
+        entries: (1..=entries)
+            .map(|i| EntryMeta {
+                id: LogId::new(prev_index.wrapping_add(i), 1),
+                kind: EntryType::Data,
+                conf: None,
+            })
+            .collect(),
+    };
+    assert!(append(LOG_INDEX_MAX - 1, LOG_INDEX_MAX, 1).validate().is_ok());
+    assert!(append(LOG_INDEX_MAX, 0, 1).validate().is_err());
+    assert!(append(u64::MAX, 0, 0).validate().is_err(), "a heartbeat too");
+    assert!(append(5, u64::MAX, 0).validate().is_err(), "a commit index too");
 }
 
 proptest! {

@@ -80,10 +80,9 @@ fn load_meta(fs: &dyn FileSystem, dir: &Path, names: &[String]) -> Result<LogMet
     Ok(meta)
 }
 
-/// The highest entry index a segment's name or header may give. Far beyond any real log
-/// (2^62 entries), and low enough that index arithmetic over a segment's entries (fewer than
-/// 2^32) cannot overflow, whatever a damaged or crafted file says.
-const INDEX_MAX: u64 = 1 << 62;
+/// The highest entry index a segment's name or header may give: index arithmetic over a
+/// segment's entries (fewer than 2^32) then cannot overflow, whatever a file says.
+const INDEX_MAX: u64 = crate::types::LOG_INDEX_MAX;
 
 fn map_file(fs: &dyn FileSystem, path: &Path) -> Result<Arc<dyn Mapping>> {
     let file = fs.open(path, OpenOptions::READ)?;
