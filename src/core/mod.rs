@@ -72,7 +72,7 @@ use transfer::Transfer;
 pub use event::{Action, Actions, AppendSend, Event, HardState, Role, TimerKind};
 #[cfg(any(test, feature = "sim"))]
 pub use options::BugSwitches;
-pub use options::CoreOptions;
+pub use options::{CoreOptions, ELECTION_TIMEOUT_MAX_MS};
 pub use progress::{Inflights, Progress, ProgressState};
 
 /// What a peer restored from its disk before its core starts (DESIGN.md section 4, steps

@@ -5,6 +5,11 @@
 use crate::error::{RaftError, Result};
 use crate::types::PeerId;
 
+/// The longest election timeout accepted (one hour): a longer one is a mistake (seconds
+/// given as milliseconds, say), and the timer arithmetic on it (`2 * T`, `T + drift`) must
+/// not overflow.
+pub const ELECTION_TIMEOUT_MAX_MS: u64 = 3_600_000;
+
 /// The settings of one [`RaftCore`](crate::core::RaftCore).
 #[derive(Clone, Debug)]
 pub struct CoreOptions {
@@ -72,8 +77,11 @@ impl CoreOptions {
     /// Rejects settings the protocol cannot run with, saying exactly what is wrong.
     pub fn validate(&self) -> Result<()> {
         let bad = |why: String| Err(RaftError::invalid(why));
-        if self.election_timeout_ms == 0 {
-            return bad("election_timeout_ms must be > 0".into());
+        if self.election_timeout_ms == 0 || self.election_timeout_ms > ELECTION_TIMEOUT_MAX_MS {
+            return bad(format!(
+                "election_timeout_ms = {} must be in 1..={ELECTION_TIMEOUT_MAX_MS}",
+                self.election_timeout_ms
+            ));
         }
         if self.max_clock_drift_ms >= self.election_timeout_ms {
             return bad(format!(

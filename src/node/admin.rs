@@ -170,7 +170,8 @@ impl Node {
     /// `reset_election_timeout_ms`): heartbeats become `T / 10`, leases and timers follow.
     /// The leader lease assumes the same `T` on every peer: change it on all of them (and
     /// turn `lease_reads` off meanwhile if reads must stay linearizable during the change).
-    /// `Invalid` if the drift is not below `T` or `T` is under 10 ms.
+    /// `Invalid` if the drift is not below `T` or `T` is outside 10 ms..=one hour
+    /// ([`ELECTION_TIMEOUT_MAX_MS`](crate::node::options::ELECTION_TIMEOUT_MAX_MS)).
     pub fn reset_election_timeout_ms(
         &self,
         election_timeout_ms: u64,

@@ -112,7 +112,7 @@ impl TaskWaiter {
     /// Blocks until the task completes or `timeout` passes (`Timeout`; the task may still
     /// complete later).
     pub fn wait_timeout(self, timeout: Duration) -> Result<Bytes> {
-        let deadline = std::time::Instant::now() + timeout;
+        let deadline = crate::timer::deadline_after(timeout);
         let mut r = self.slot.result.lock();
         loop {
             if let Some(r) = r.take() {

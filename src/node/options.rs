@@ -14,6 +14,12 @@ use crate::types::Configuration;
 
 /// The largest entry payload accepted by default (1 MiB).
 pub const ENTRY_BYTES_MAX_DEFAULT: usize = 1 << 20;
+pub use crate::core::ELECTION_TIMEOUT_MAX_MS;
+/// The longest snapshot interval accepted (ten years; 0 turns the timer off).
+pub const SNAPSHOT_INTERVAL_MAX_S: u64 = 10 * 365 * 24 * 3600;
+/// The largest `entry_bytes_max` accepted: what a segment of the disk log can hold, and
+/// below the 4 GiB a payload's length field carries on the wire.
+pub const ENTRY_BYTES_LIMIT: usize = crate::log_storage::segment::ENTRY_DATA_MAX as usize;
 
 /// How a node is set up. Build with [`NodeOptions::new`] and adjust fields.
 pub struct NodeOptions {
@@ -106,10 +112,17 @@ impl NodeOptions {
             }
         };
         rule(
-            self.election_timeout_ms >= 10,
+            (10..=ELECTION_TIMEOUT_MAX_MS).contains(&self.election_timeout_ms),
             format!(
-                "election_timeout_ms = {} must be >= 10",
+                "election_timeout_ms = {} must be in 10..={ELECTION_TIMEOUT_MAX_MS}",
                 self.election_timeout_ms
+            ),
+        )?;
+        rule(
+            self.snapshot_interval_s <= SNAPSHOT_INTERVAL_MAX_S,
+            format!(
+                "snapshot_interval_s = {} must be <= {SNAPSHOT_INTERVAL_MAX_S} (0: no timer)",
+                self.snapshot_interval_s
             ),
         )?;
         rule(
@@ -121,9 +134,11 @@ impl NodeOptions {
             ),
         )?;
         rule(
-            self.entry_bytes_max > 0 && self.entry_bytes_max <= self.append_entries_bytes_max,
+            self.entry_bytes_max > 0
+                && self.entry_bytes_max <= self.append_entries_bytes_max.min(ENTRY_BYTES_LIMIT),
             format!(
-                "entry_bytes_max = {} must be in 1..=append_entries_bytes_max ({})",
+                "entry_bytes_max = {} must be in 1..=append_entries_bytes_max ({}) and <= \
+                 {ENTRY_BYTES_LIMIT}",
                 self.entry_bytes_max, self.append_entries_bytes_max
             ),
         )?;
@@ -162,5 +177,54 @@ impl NodeOptions {
     /// pre-vote come first, so 2T + drift + the vote timeout.
     pub fn election_bound_ms(&self) -> u64 {
         2 * self.election_timeout_ms + self.max_clock_drift_ms + self.vote_timeout_ms()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state_machine::Iter;
+
+    struct Nothing;
+    impl StateMachine for Nothing {
+        fn on_apply(&mut self, iter: &mut Iter<'_>) {
+            iter.for_each(drop);
+        }
+    }
+
+    fn opts() -> NodeOptions {
+        let conf = Configuration::parse_voters("127.0.0.1:1:0").unwrap();
+        NodeOptions::new(Box::new(Nothing), "/tmp/unused", conf)
+    }
+
+    fn refused(change: impl FnOnce(&mut NodeOptions), field: &str) {
+        let mut o = opts();
+        change(&mut o);
+        let e = o.validate().expect_err(field);
+        assert!(matches!(e, RaftError::Invalid { .. }), "{e}");
+        assert!(e.to_string().contains(field), "{field}: {e}");
+    }
+
+    #[test]
+    fn values_whose_arithmetic_would_overflow_are_refused_naming_the_field() {
+        opts().validate().unwrap();
+        refused(
+            |o| o.election_timeout_ms = ELECTION_TIMEOUT_MAX_MS + 1,
+            "election_timeout_ms",
+        );
+        refused(|o| o.election_timeout_ms = u64::MAX, "election_timeout_ms");
+        refused(|o| o.snapshot_interval_s = u64::MAX, "snapshot_interval_s");
+        refused(
+            |o| {
+                o.append_entries_bytes_max = usize::MAX;
+                o.unsynced_bytes_max = usize::MAX;
+                o.entry_bytes_max = ENTRY_BYTES_LIMIT + 1;
+            },
+            "entry_bytes_max",
+        );
+        let mut o = opts();
+        o.election_timeout_ms = ELECTION_TIMEOUT_MAX_MS;
+        o.snapshot_interval_s = SNAPSHOT_INTERVAL_MAX_S;
+        o.validate().unwrap();
     }
 }

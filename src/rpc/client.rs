@@ -343,8 +343,10 @@ impl Role for ClientConn {
                 Phase::Idle
             } else {
                 let backoff = st.backoff_ms;
-                st.backoff_ms = (backoff * 2).min(self.ctx.opts.reconnect_backoff_max_ms);
-                Phase::Backoff(Instant::now() + Duration::from_millis(backoff))
+                st.backoff_ms = backoff
+                    .saturating_mul(2)
+                    .min(self.ctx.opts.reconnect_backoff_max_ms);
+                Phase::Backoff(crate::timer::deadline_after(Duration::from_millis(backoff)))
             };
             st.last_error = Some(reason.clone());
             pending

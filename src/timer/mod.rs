@@ -98,7 +98,7 @@ impl Timer {
     where
         F: FnOnce() + Send + 'static,
     {
-        self.schedule_at(Instant::now() + delay, f)
+        self.schedule_at(deadline_after(delay), f)
     }
 
     /// Cancels a scheduled callback. True if it had not started and now never will; false if
@@ -126,6 +126,14 @@ impl Timer {
         drop(st);
         self.shared.cv.notify_all();
     }
+}
+
+/// `now + after`, or about 136 years from now where that sum would overflow `Instant` (a
+/// caller's `Duration::MAX` means "no deadline", not a panic).
+pub(crate) fn deadline_after(after: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(after)
+        .unwrap_or_else(|| now + Duration::from_secs(u64::from(u32::MAX)))
 }
 
 fn sweep_if_needed(st: &mut MutexGuard<'_, State>) {

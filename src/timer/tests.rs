@@ -304,3 +304,12 @@ fn a_panicking_callback_does_not_stop_the_timer_thread() {
         String::new,
     );
 }
+
+#[test]
+fn a_delay_of_duration_max_schedules_far_away_instead_of_panicking() {
+    let far = deadline_after(Duration::MAX);
+    assert!(far > Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600));
+    let t = TestTimer::new();
+    let id = t.timer.schedule_after(Duration::MAX, || {}).unwrap();
+    assert!(t.timer.cancel(id), "scheduled, not run");
+}

@@ -141,10 +141,18 @@ fn indexes_past_log_index_max_are_refused_where_arithmetic_follows() {
             })
             .collect(),
     };
-    assert!(append(LOG_INDEX_MAX - 1, LOG_INDEX_MAX, 1).validate().is_ok());
+    assert!(append(LOG_INDEX_MAX - 1, LOG_INDEX_MAX, 1)
+        .validate()
+        .is_ok());
     assert!(append(LOG_INDEX_MAX, 0, 1).validate().is_err());
-    assert!(append(u64::MAX, 0, 0).validate().is_err(), "a heartbeat too");
-    assert!(append(5, u64::MAX, 0).validate().is_err(), "a commit index too");
+    assert!(
+        append(u64::MAX, 0, 0).validate().is_err(),
+        "a heartbeat too"
+    );
+    assert!(
+        append(5, u64::MAX, 0).validate().is_err(),
+        "a commit index too"
+    );
 }
 
 proptest! {

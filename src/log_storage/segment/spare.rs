@@ -45,7 +45,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 use slog::Logger;
@@ -242,7 +242,7 @@ impl Spares {
 
     /// Waits until a spare is ready or no preparation is under way; true if one is ready.
     pub fn wait_ready(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::timer::deadline_after(timeout);
         let mut st = self.state.lock();
         while !st.ready && st.job != JobState::Idle {
             if self.changed.wait_until(&mut st, deadline).timed_out() {
