@@ -183,7 +183,9 @@ impl IoLoop {
     pub fn shutdown(&self) {
         self.handle.shared.stopped.store(true, Ordering::Release);
         let _ = self.handle.shared.waker.wake();
-        if let Some(t) = self.thread.lock().take() {
+        // Bound first, so the lock is not held through the join.
+        let thread = self.thread.lock().take();
+        if let Some(t) = thread {
             if t.thread().id() != thread::current().id() {
                 let _ = t.join();
             }

@@ -49,7 +49,9 @@ struct StatJob {
 
 impl Job for StatJob {
     fn run(self: Arc<Self>, _pool: &PoolHandle) -> bool {
-        if let Some(req) = self.req.lock().take() {
+        // Bound first, so the lock is not held while the answer is built and sent.
+        let req = self.req.lock().take();
+        if let Some(req) = req {
             let text = NodeManager::global().stat_text(self.addr);
             req.responder.respond(Ok(vec![Bytes::from(text)]));
         }
@@ -91,7 +93,8 @@ impl NodeManager {
                 addr,
             });
             if let Err(e) = raft_pool.schedule(job.clone()) {
-                if let Some(req) = job.req.lock().take() {
+                let req = job.req.lock().take();
+                if let Some(req) = req {
                     req.responder.respond(Err(e));
                 }
             }

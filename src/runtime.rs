@@ -92,7 +92,9 @@ impl Inner {
             lp.shutdown();
         }
         self.timer.stop();
-        if let Some(t) = self.timer_thread.lock().take() {
+        // Bound first, so the lock is not held through the join.
+        let thread = self.timer_thread.lock().take();
+        if let Some(t) = thread {
             if t.thread().id() != std::thread::current().id() {
                 let _ = t.join();
             }

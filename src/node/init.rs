@@ -120,7 +120,9 @@ impl Node {
                 slog::error!(self.shared.logger(), "init failed; undoing"; "error" => %e);
                 undo.run();
                 self.shared.set_state(Lifecycle::ShuttingDown);
-                self.shared.parts.lock().take();
+                // Taken out, then dropped after the lock: dropping the parts closes files.
+                let parts = self.shared.parts.lock().take();
+                drop(parts);
                 self.shared.joining.store(true, Ordering::Release);
                 mark_joined(&self.shared);
                 Err(e)

@@ -69,7 +69,9 @@ impl CoreTimers {
 
     /// Disarms `kind`.
     pub fn stop(&self, kind: TimerKind) {
-        if let Some(old) = self.armed[kind.index()].lock().take() {
+        // Bound first: in an `if let` the guard would live through the cancel (edition 2021).
+        let old = self.armed[kind.index()].lock().take();
+        if let Some(old) = old {
             self.timer.cancel(old);
         }
     }

@@ -313,10 +313,12 @@ impl Writer {
             self.create_segment(first_index, capacity)?
         };
         self.spares.count_segment(from_spare);
+        // Mapped before the index lock: readers never wait behind an fstat and an mmap.
+        let map = seg.file.map(capacity)?;
         index.write().segments.push(SegmentView {
             first_index,
             offsets: Vec::new(),
-            map: seg.file.map(capacity)?,
+            map,
             open: true,
         });
         self.open = Some(seg);
