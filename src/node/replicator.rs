@@ -64,6 +64,7 @@ pub(crate) struct ReplicatorGroup {
 }
 
 impl ReplicatorGroup {
+    /// A group with no replicators: this node does not lead yet.
     pub fn new(env: ReplicatorEnv) -> ReplicatorGroup {
         ReplicatorGroup {
             env: Arc::new(env),

@@ -70,6 +70,7 @@ pub(crate) struct ClientConn {
 }
 
 impl ClientConn {
+    /// The connection to `remote`, handled on `io`; it connects on the first call.
     pub fn new(ctx: Arc<ServerCtx>, remote: SocketAddr, io: IoLoopHandle) -> Arc<ClientConn> {
         let backoff_ms = ctx.opts.reconnect_backoff_min_ms;
         Arc::new(ClientConn {

@@ -70,20 +70,25 @@ pub(crate) struct Stats {
 }
 
 impl Stats {
+    /// Counts frames read.
     pub fn add_frames_in(&self, n: u64) {
         self.frames_in.fetch_add(n, Ordering::Relaxed);
     }
+    /// Counts frames written.
     pub fn add_frames_out(&self, n: u64) {
         if n > 0 {
             self.frames_out.fetch_add(n, Ordering::Relaxed);
         }
     }
+    /// Counts a connection closed for a protocol error.
     pub fn add_protocol_error(&self) {
         self.protocol_errors.fetch_add(1, Ordering::Relaxed);
     }
+    /// Counts a connection made.
     pub fn add_connect(&self) {
         self.connects.fetch_add(1, Ordering::Relaxed);
     }
+    /// Counts a response that found no waiting call.
     pub fn add_stale_response(&self) {
         self.stale_responses.fetch_add(1, Ordering::Relaxed);
     }
@@ -119,6 +124,7 @@ pub(crate) struct ServerCtx {
 }
 
 impl ServerCtx {
+    /// True once the server is shutting down.
     pub fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)
     }

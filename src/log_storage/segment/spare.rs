@@ -179,6 +179,7 @@ impl Spares {
         !matches!(self.mode, SparePreparation::Off)
     }
 
+    /// Where the ready spare lives (`log_spare` in the log's directory).
     pub fn spare_path(&self) -> PathBuf {
         self.dir.join(SPARE_FILE)
     }
@@ -199,6 +200,7 @@ impl Spares {
         }
     }
 
+    /// How the log's segments were made so far.
     pub fn stats(&self) -> SegmentStats {
         self.state.lock().stats
     }

@@ -126,6 +126,8 @@ fn new_salt() -> u64 {
 }
 
 impl Writer {
+    /// The writer of a log just opened: `meta` as read, `open` the recovered open segment
+    /// (if any) that appends go on in.
     pub fn new(
         fs: Arc<dyn FileSystem>,
         dir: &Path,
@@ -202,6 +204,8 @@ impl Writer {
         r
     }
 
+    /// [`LogStorage::append_entries`](crate::log_storage::LogStorage::append_entries): one
+    /// write and, with `sync_appends`, one sync per batch; `index` learns the entries after.
     pub fn append_entries(&mut self, index: &RwLock<Index>, entries: &[LogEntry]) -> Result<()> {
         self.guarded(|w| {
             check_batch(entries, index.read().last_log_index + 1)?;
@@ -408,6 +412,7 @@ impl Writer {
         }
     }
 
+    /// [`LogStorage::truncate_suffix`](crate::log_storage::LogStorage::truncate_suffix).
     pub fn truncate_suffix(&mut self, index: &RwLock<Index>, last_index_kept: u64) -> Result<()> {
         self.guarded(|w| {
             let mut idx = index.write();
@@ -452,6 +457,7 @@ impl Writer {
         })
     }
 
+    /// [`LogStorage::truncate_prefix`](crate::log_storage::LogStorage::truncate_prefix).
     pub fn truncate_prefix(&mut self, index: &RwLock<Index>, first_index_kept: u64) -> Result<()> {
         self.guarded(|w| {
             let (first, last) = {
@@ -484,6 +490,7 @@ impl Writer {
         })
     }
 
+    /// [`LogStorage::reset`](crate::log_storage::LogStorage::reset).
     pub fn reset(&mut self, index: &RwLock<Index>, next_log_index: u64) -> Result<()> {
         self.guarded(|w| {
             if next_log_index == 0 {
@@ -516,6 +523,7 @@ impl Writer {
         Ok(())
     }
 
+    /// Syncs the open segment's data (the barrier of `LogStorage::sync`).
     pub fn sync(&mut self) -> Result<()> {
         self.guarded(|w| match &w.open {
             Some(open) => open.file.sync_data(),
