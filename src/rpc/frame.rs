@@ -32,6 +32,11 @@ pub const FRAME_BYTES_MAX_MIN: usize = 1024;
 pub const READ_CHUNK: usize = 256 * 1024;
 /// The least free space worth a read system call; below it the buffer is replaced.
 const READ_SPACE_MIN: usize = 4 * 1024;
+/// The most buffer space one read zero-fills and offers. A header alone can announce a frame
+/// of `frame_bytes_max` (64 MiB by default): the buffer is reserved at that size (address
+/// space only) but its pages are touched as the bytes arrive, so 22 bytes from a peer cost
+/// at most this much memory, not the whole frame.
+pub(crate) const READ_WINDOW_MAX: usize = 4 * READ_CHUNK;
 
 /// What a frame is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -212,8 +217,9 @@ impl Decoder {
             Some(h) => h.frame_len(),
             None => self.last_frame_len,
         };
-        let window =
-            (self.buf.capacity() - len).min(expect.saturating_sub(len).max(READ_SPACE_MIN * 4));
+        let window = (self.buf.capacity() - len)
+            .min(expect.saturating_sub(len).max(READ_SPACE_MIN * 4))
+            .min(READ_WINDOW_MAX);
         self.buf.resize(len + window, 0);
         let res = src.read(&mut self.buf[len..]);
         let got = *res.as_ref().unwrap_or(&0);

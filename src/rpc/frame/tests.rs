@@ -130,6 +130,34 @@ fn a_large_frame_gets_a_buffer_of_its_exact_size_and_no_more() {
     assert_eq!(f.body.len(), body.len());
 }
 
+/// A socket with nothing more to read: records how much buffer each read was offered.
+struct Dry(Vec<usize>);
+
+impl std::io::Read for Dry {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.push(buf.len());
+        Err(std::io::ErrorKind::WouldBlock.into())
+    }
+}
+
+#[test]
+fn a_header_announcing_a_huge_frame_costs_one_read_window_not_the_frame() {
+    let max = 64 << 20;
+    let mut d = Decoder::new(max);
+    d.feed(&header(Method::AppendEntries, 1, (max - HEADER_LEN) as u32).encode());
+    assert!(d.next_frame().unwrap().is_none());
+    let mut dry = Dry(Vec::new());
+    for _ in 0..3 {
+        assert!(d.read_from(&mut dry).is_err());
+    }
+    assert!(
+        dry.0.iter().all(|&n| n <= READ_WINDOW_MAX),
+        "zero-filled and offered per read: {:?}",
+        dry.0
+    );
+    assert_eq!(d.buffered(), HEADER_LEN, "nothing arrived, nothing kept");
+}
+
 #[test]
 fn read_from_fills_from_a_reader_and_reports_eof() {
     let mut src: &[u8] = &encode_frame(&header(Method::Stat, 4, 3), b"abc");
