@@ -205,7 +205,11 @@ pub fn run(opts: &SimOptions) -> Result<SimReport, SimFailure> {
         Err((message, _)) => message,
     };
     let mut traced = opts.clone();
-    traced.trace_lines = 80;
+    // `TRAFT_SIM_TRACE_LINES=<n>` keeps more of the replay (the whole run, if large enough).
+    traced.trace_lines = std::env::var("TRAFT_SIM_TRACE_LINES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(80);
     let trace = match run_world(&traced) {
         Err((again, world)) if again == message => world.dump(),
         Err((other, world)) => {

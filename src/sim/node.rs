@@ -4,7 +4,8 @@
 //! The disk model: writes (appends, truncations, installs) and meta writes complete in order,
 //! each after a random latency; a write is durable exactly when it completes. A crash keeps
 //! what completed and loses everything else (RELIABILITY.md: a crash drops every unsynced
-//! write). A snapshot is durable when its save completes; the log is compacted only after.
+//! write). A snapshot is durable when its save completes; the log is compacted only after,
+//! in memory at once and on disk in the queue's order.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -144,6 +145,16 @@ pub enum DiskOp {
     Append(Vec<SimEntry>),
     /// Drop everything after this index.
     Truncate(u64),
+    /// Drop the entries up to `upto`, which the durable snapshot ending at `snapshot`
+    /// covers. In the disk queue like every other log change, as the LogManager orders its
+    /// `truncate_prefix`: applied at once, a compaction could take its base from a stale
+    /// entry that a truncation still in the queue was about to replace.
+    Compact {
+        /// The last index dropped.
+        upto: u64,
+        /// The snapshot that covers them.
+        snapshot: LogId,
+    },
     /// Replace the state machine and the log by this snapshot.
     Install(Box<SimSnapshot>),
 }
@@ -278,6 +289,7 @@ impl SimNode {
         match &op {
             DiskOp::Append(entries) => self.durable_log.append(entries)?,
             DiskOp::Truncate(after) => self.durable_log.truncate_after(*after),
+            DiskOp::Compact { upto, snapshot } => self.durable_log.compact_to(*upto, *snapshot),
             DiskOp::Install(snap) => {
                 self.durable_log.reset(snap.last);
                 self.snapshot = Some((**snap).clone());

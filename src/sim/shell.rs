@@ -130,7 +130,13 @@ impl World {
                     ));
                 }
                 node.log.compact_to(upto, snap);
-                node.durable_log.compact_to(upto, snap);
+                self.write(
+                    n,
+                    DiskOp::Compact {
+                        upto,
+                        snapshot: snap,
+                    },
+                );
             }
             Action::InstallSnapshot { last, .. } => {
                 let StepCtx::Snapshot(snap) = ctx else {

@@ -250,3 +250,46 @@ fn agrees_with_todc_utils_on_simulated_histories() {
         }
     }
 }
+
+/// Seed 15137 of a 25,000-seed soak: a follower's disk still held an uncommitted (1011, t55)
+/// when it compacted to its snapshot at (1011, t56), with the truncation that replaced
+/// 1011 still in its disk queue. The model compacted the durable log at once, taking the
+/// stale entry as its base; at the next restart base and snapshot disagreed, the log was
+/// reset, and the durable entries after it (acknowledged, committed) were lost. The real
+/// LogManager orders `truncate_prefix` behind the queued truncation and appends; so does the
+/// model now.
+#[test]
+fn a_compaction_waits_in_the_disk_queue_behind_a_truncation_and_appends() {
+    use super::network::Clock;
+    use super::node::{DiskOp, SimEntry, SimNode};
+    use crate::types::{EntryType, LogId};
+    let entry = |index, term| SimEntry {
+        id: LogId::new(index, term),
+        kind: EntryType::NoOp,
+        cmd: None,
+        conf: None,
+    };
+    let clock = Clock {
+        offset_us: 0,
+        rate_ppm: 1_000_000,
+    };
+    let mut node = SimNode::new("10.0.0.1:8000:0".parse().unwrap(), clock, 1);
+    node.durable_log.base = LogId::new(1009, 55);
+    node.durable_log
+        .append(&[entry(1010, 55), entry(1011, 55)])
+        .unwrap();
+    let snapshot = LogId::new(1011, 56);
+    node.disk.push_back(DiskOp::Truncate(1010));
+    node.disk
+        .push_back(DiskOp::Append(vec![entry(1011, 56), entry(1012, 59)]));
+    node.disk.push_back(DiskOp::Compact {
+        upto: 1011,
+        snapshot,
+    });
+    while node.complete_write().unwrap().is_some() {}
+    assert_eq!(
+        node.durable_log.base, snapshot,
+        "the base is the snapshot's entry"
+    );
+    assert_eq!(node.durable_log.last_id(), LogId::new(1012, 59));
+}
