@@ -138,10 +138,13 @@ fn a_follower_that_cannot_load_the_leaders_snapshot_enters_its_error_state() {
     // is up.
     c.members[f].kv.0.lock().fail_load = true;
     c.restart(f).expect("restart");
-    c.wait("the follower enters its error state", WITHIN, || {
-        c.node(f).status().error.is_some()
-    });
-    assert!(!c.members[f].kv.0.lock().errors.is_empty(), "on_error ran");
+    // The error state shows in the status at once; on_error runs after it, on the FSM
+    // thread: both are waited for.
+    c.wait(
+        "the follower enters its error state and on_error runs",
+        WITHIN,
+        || c.node(f).status().error.is_some() && !c.members[f].kv.0.lock().errors.is_empty(),
+    );
     assert_eq!(
         c.members[f].kv.len(),
         0,

@@ -120,9 +120,8 @@ impl Node {
                 slog::error!(self.shared.logger(), "init failed; undoing"; "error" => %e);
                 undo.run();
                 self.shared.set_state(Lifecycle::ShuttingDown);
-                // Taken out, then dropped after the lock: dropping the parts closes files.
                 let parts = self.shared.parts.lock().take();
-                drop(parts);
+                drop(parts); // after the lock is released: dropping the parts closes files
                 self.shared.joining.store(true, Ordering::Release);
                 mark_joined(&self.shared);
                 Err(e)

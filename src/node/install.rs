@@ -92,65 +92,72 @@ impl Copy {
             ));
         }
         self.offset += data.len() as u64;
-        match &self.meta {
-            None => {
-                // The leader's answers are not trusted to end: the meta is bounded as it
-                // arrives, before it is kept.
-                if self.offset > META_BYTES_MAX as u64 {
-                    return Err(RaftError::invalid(format!(
-                        "the leader's snapshot meta runs past META_BYTES_MAX = {META_BYTES_MAX}"
-                    )));
-                }
-                self.meta_bytes.extend_from_slice(data);
-                if eof {
-                    let label = std::path::Path::new("leader snapshot meta");
-                    let meta = SnapshotMeta::decode(&self.meta_bytes, label)?;
-                    if meta.last_included != self.last {
-                        return Err(RaftError::invalid(format!(
-                            "the leader's snapshot is {}, not {}",
-                            meta.last_included, self.last
-                        )));
-                    }
-                    self.meta = Some(meta);
-                    self.offset = 0;
-                }
+        if self.meta.is_none() {
+            self.take_meta_bytes(data, eof)
+        } else {
+            self.take_file_bytes(data, eof)
+        }
+    }
+
+    /// The meta file's bytes: bounded as they arrive (the leader's answers are not trusted
+    /// to end), decoded at eof.
+    fn take_meta_bytes(&mut self, data: &[u8], eof: bool) -> Result<()> {
+        if self.offset > META_BYTES_MAX as u64 {
+            return Err(RaftError::invalid(format!(
+                "the leader's snapshot meta runs past META_BYTES_MAX = {META_BYTES_MAX}"
+            )));
+        }
+        self.meta_bytes.extend_from_slice(data);
+        if eof {
+            let label = std::path::Path::new("leader snapshot meta");
+            let meta = SnapshotMeta::decode(&self.meta_bytes, label)?;
+            if meta.last_included != self.last {
+                return Err(RaftError::invalid(format!(
+                    "the leader's snapshot is {}, not {}",
+                    meta.last_included, self.last
+                )));
             }
-            Some(meta) => {
-                let file = meta
-                    .files
-                    .get(self.file)
-                    .ok_or_else(|| RaftError::invalid("a GetFile answer after the last file"))?;
-                // Checked before the write: a leader that sends more than its meta
-                // declared must not fill this peer's disk.
-                if self.offset > file.size {
-                    return Err(RaftError::corruption(
-                        std::path::Path::new(&file.name),
-                        file.size,
-                        format!(
-                            "the leader sent {} bytes of a file its meta says has {}",
-                            self.offset, file.size
-                        ),
-                    ));
-                }
-                let writer = self.writer.as_mut().ok_or(RaftError::Stopped)?;
-                writer.write_at(&file.name, data, self.offset - data.len() as u64)?;
-                self.crc = crc32c::crc32c_append(self.crc, data);
-                if eof {
-                    if self.offset != file.size || self.crc != file.crc {
-                        return Err(RaftError::Corruption {
-                            file: file.name.clone().into(),
-                            offset: 0,
-                            reason: format!(
-                                "copied {} bytes crc {:#010x}, the leader's meta says {} bytes \
-                                 crc {:#010x}",
-                                self.offset, self.crc, file.size, file.crc
-                            ),
-                        });
-                    }
-                    self.file += 1;
-                    (self.offset, self.crc) = (0, 0);
-                }
+            self.meta = Some(meta);
+            self.offset = 0;
+        }
+        Ok(())
+    }
+
+    /// A user file's bytes (`offset` already counts them): never past the size the meta
+    /// declares, checked before the write, so a faulty leader cannot fill this peer's disk.
+    fn take_file_bytes(&mut self, data: &[u8], eof: bool) -> Result<()> {
+        let file = self
+            .meta
+            .as_ref()
+            .and_then(|m| m.files.get(self.file))
+            .ok_or_else(|| RaftError::invalid("a GetFile answer after the last file"))?;
+        if self.offset > file.size {
+            return Err(RaftError::corruption(
+                std::path::Path::new(&file.name),
+                file.size,
+                format!(
+                    "the leader sent {} bytes of a file its meta says has {}",
+                    self.offset, file.size
+                ),
+            ));
+        }
+        let writer = self.writer.as_mut().ok_or(RaftError::Stopped)?;
+        writer.write_at(&file.name, data, self.offset - data.len() as u64)?;
+        self.crc = crc32c::crc32c_append(self.crc, data);
+        if eof {
+            if self.offset != file.size || self.crc != file.crc {
+                return Err(RaftError::Corruption {
+                    file: file.name.clone().into(),
+                    offset: 0,
+                    reason: format!(
+                        "copied {} bytes crc {:#010x}, the leader's meta says {} bytes crc \
+                         {:#010x}",
+                        self.offset, self.crc, file.size, file.crc
+                    ),
+                });
             }
+            self.file += 1;
+            (self.offset, self.crc) = (0, 0);
         }
         Ok(())
     }

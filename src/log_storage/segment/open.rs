@@ -84,6 +84,23 @@ fn load_meta(fs: &dyn FileSystem, dir: &Path, names: &[String]) -> Result<LogMet
 /// segment's entries (fewer than 2^32) then cannot overflow, whatever a file says.
 const INDEX_MAX: u64 = crate::types::LOG_INDEX_MAX;
 
+/// The first index a segment's name gives, checked (with its last) to lie in
+/// `1..=INDEX_MAX`.
+fn index_range(path: &Path, kind: FileKind) -> Result<u64> {
+    let (first, last) = match kind {
+        FileKind::Closed { first, last } => (first, last),
+        FileKind::Open { first } => (first, first),
+    };
+    if first == 0 || last > INDEX_MAX {
+        return Err(RaftError::corruption(
+            path,
+            0,
+            format!("segment indexes outside 1..={INDEX_MAX} in its name"),
+        ));
+    }
+    Ok(first)
+}
+
 fn map_file(fs: &dyn FileSystem, path: &Path) -> Result<Arc<dyn Mapping>> {
     let file = fs.open(path, OpenOptions::READ)?;
     let len = file.size()?;
@@ -147,17 +164,7 @@ fn candidates(
             plan.remove.push(path);
             continue;
         }
-        let (first, last) = match kind {
-            FileKind::Closed { first, last } => (first, last),
-            FileKind::Open { first } => (first, first),
-        };
-        if first == 0 || last > INDEX_MAX {
-            return Err(RaftError::corruption(
-                &path,
-                0,
-                format!("segment indexes outside 1..={INDEX_MAX} in its name"),
-            ));
-        }
+        let first = index_range(&path, kind)?;
         if header.epoch > meta.epoch || header.first_index != first {
             return Err(RaftError::corruption(
                 &path,
