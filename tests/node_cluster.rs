@@ -256,6 +256,54 @@ fn a_panic_in_one_nodes_state_machine_leaves_the_other_two_serving() {
     assert!(c.node(victim).error().is_some());
 }
 
+/// DESIGN section 7: a panic in a user callback puts that node in its error state; it must
+/// not stall it silently (a panic on the node's queue used to drop the rest of the core's
+/// actions and of the batch).
+#[test]
+fn a_panicking_transfer_completion_puts_the_leader_in_its_error_state_and_the_others_go_on() {
+    let c = Cluster::start("transfer_done_panics", ClusterOptions::new(3));
+    let l = c.wait_leader(election_bound());
+    let to = c.members[(l + 1) % 3].peer;
+    c.node(l)
+        .transfer_leadership_to(to, |_| panic!("a user bug in a transfer completion"));
+    c.wait(
+        "the old leader enters its error state",
+        APPLY_WITHIN,
+        || c.node(l).error().is_some(),
+    );
+    for i in 0..5 {
+        c.apply(b(format!("after{i}")), APPLY_WITHIN);
+    }
+    let leaders = c.leaders();
+    assert!(
+        leaders.len() == 1 && leaders[0] != l,
+        "another node leads: {}",
+        c.describe()
+    );
+}
+
+/// The same for a read completion, which runs on the FSM thread: the committed entries in
+/// the same batch are not dropped, and the node enters its error state.
+#[test]
+fn a_panicking_read_completion_puts_its_node_in_its_error_state_and_the_others_go_on() {
+    let c = Cluster::start("read_done_panics", ClusterOptions::new(3));
+    let l = c.wait_leader(election_bound());
+    c.apply(Bytes::from_static(b"x"), APPLY_WITHIN);
+    c.node(l)
+        .read_index(|_| panic!("a user bug in a read completion"));
+    c.wait("the leader enters its error state", APPLY_WITHIN, || {
+        c.node(l).error().is_some()
+    });
+    for i in 0..5 {
+        c.apply(b(format!("after{i}")), APPLY_WITHIN);
+    }
+    c.wait("the other two apply everything", APPLY_WITHIN, || {
+        (0..3)
+            .filter(|i| *i != l)
+            .all(|i| c.members[i].kv.len() == 6)
+    });
+}
+
 #[test]
 fn a_full_disk_on_one_node_leaves_the_other_two_serving() {
     let c = Cluster::start("full_disk", ClusterOptions::new(3));

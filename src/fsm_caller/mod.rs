@@ -239,17 +239,32 @@ impl Driver {
         if let Some(e) = &self.error {
             let e = e.clone();
             for done in std::mem::take(&mut self.reads).into_values().flatten() {
-                done(Err(e.clone()));
+                // Already in the error state: a panicking completion changes nothing more.
+                let _ = catch_unwind(AssertUnwindSafe(|| done(Err(e.clone()))));
             }
             return;
         }
         let applied = self.applied.lock().index;
         let waiting = self.reads.split_off(&(applied + 1));
-        for done in std::mem::replace(&mut self.reads, waiting)
-            .into_values()
-            .flatten()
-        {
-            done(Ok(applied));
+        let ready = std::mem::replace(&mut self.reads, waiting);
+        // A user's read completion that panics must not take the queue's batch (committed
+        // indexes to apply) down with it: like a panic in the state machine, it puts the
+        // node in its error state, and the reads not yet completed fail.
+        let mut ready = ready.into_values().flatten();
+        let completed = catch_unwind(AssertUnwindSafe(|| {
+            for done in ready.by_ref() {
+                done(Ok(applied));
+            }
+        }));
+        if completed.is_err() {
+            self.enter_error(RaftError::ErrorState {
+                reason: "a read completion panicked".into(),
+            });
+            let e = self.error.clone().unwrap_or(RaftError::Stopped);
+            for done in ready {
+                let _ = catch_unwind(AssertUnwindSafe(|| done(Err(e.clone()))));
+            }
+            self.release_reads();
         }
     }
 

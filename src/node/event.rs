@@ -7,6 +7,7 @@
 //! queues, the transport), so a step never blocks this thread on a disk or a socket.
 
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -219,19 +220,34 @@ impl Shell<'_> {
             batch.for_each(|ev| ev.fail(&RaftError::Stopped));
             return;
         };
+        // User completions (transfers, membership changes, refused reads and tasks) run on
+        // this queue. A panic in one, or a bug, would leave the core's remaining actions of
+        // that event undone and the node stalled for good: it enters the error state instead
+        // (DESIGN section 7), and the rest of the batch is failed, not dropped unanswered.
+        let events = catch_unwind(AssertUnwindSafe(|| self.run_events(&parts, batch)));
+        if events.is_err() {
+            let error = RaftError::ErrorState {
+                reason: "a callback panicked on the node's queue".into(),
+            };
+            self.enter_error(&parts, error.clone());
+            batch.for_each(|ev| ev.fail(&error));
+        }
+    }
+
+    fn run_events(&mut self, parts: &Parts, batch: &mut Batch<'_, NodeEvent>) {
         for ev in batch {
             match ev {
                 NodeEvent::Apply(task) => self.st.proposals.push(task),
                 NodeEvent::Read(done) => self.st.reads.push(done),
                 other => {
-                    self.flush_proposals(&parts);
-                    self.flush_reads(&parts);
-                    self.handle(&parts, other);
+                    self.flush_proposals(parts);
+                    self.flush_reads(parts);
+                    self.handle(parts, other);
                 }
             }
         }
-        self.flush_proposals(&parts);
-        self.flush_reads(&parts);
+        self.flush_proposals(parts);
+        self.flush_reads(parts);
         let unsynced = parts.log.unsynced_bytes();
         self.shared
             .unsynced_bytes
