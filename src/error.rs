@@ -136,6 +136,13 @@ impl RaftError {
         }
     }
 
+    /// True for a failed fsync or fdatasync (of a file or a directory). Fatal for the node
+    /// that met it: what the sync covered may or may not be on disk, and a retry that
+    /// succeeds proves nothing about the pages the failed one dropped.
+    pub fn is_sync_failure(&self) -> bool {
+        matches!(self, RaftError::Io { op, .. } if op.starts_with("fsync") || *op == "fdatasync")
+    }
+
     /// True for an IO error that means the disk (or the file-size limit) is full.
     pub fn is_no_space(&self) -> bool {
         match self {

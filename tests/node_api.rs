@@ -331,6 +331,36 @@ fn an_fsync_error_puts_one_node_in_its_error_state_and_the_others_go_on() {
     assert!(c.node(victim).error().is_some());
 }
 
+#[test]
+fn a_failed_snapshot_sync_puts_the_node_in_its_error_state_and_the_others_go_on() {
+    use traft::fs::{FaultKind, FaultOp, FaultRule};
+    let c = Cluster::start("snapshot_sync_error", ClusterOptions::new(3));
+    let l = c.wait_leader(election_bound());
+    let victim = (l + 1) % 3;
+    for i in 0..5 {
+        c.apply(Bytes::from(format!("s{i}")), WITHIN);
+    }
+    c.wait_applied(6, WITHIN);
+    c.fs.inject(
+        FaultRule::new(FaultOp::SyncDir, FaultKind::Eio).on_path(&format!("n{victim}/snapshot")),
+    );
+    let err = c.node(victim).snapshot_wait().unwrap_err();
+    assert!(err.is_sync_failure(), "{err}");
+    c.wait("the victim stops after its failed sync", WITHIN, || {
+        c.node(victim).error().is_some()
+    });
+    c.fs.clear_faults();
+    // Never retried: a later snapshot is refused, and the node stays in its error state.
+    assert!(c.node(victim).snapshot_wait().is_err());
+    c.apply(Bytes::from_static(b"after"), WITHIN);
+    c.wait("the other two apply on", WITHIN, || {
+        (0..3)
+            .filter(|i| *i != victim)
+            .all(|i| c.members[i].kv.len() == 6)
+    });
+    assert!(c.node(victim).error().is_some());
+}
+
 /// Floods the leader with `count` tasks of `size` bytes from two threads; returns how many
 /// were applied and how many refused with Busy (any other outcome fails the test).
 fn flood(c: &Cluster, l: usize, count: u32, size: usize) -> (usize, usize) {

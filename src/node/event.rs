@@ -639,6 +639,8 @@ impl Shell<'_> {
                 };
                 self.step(parts, ev, Ctx::None);
             }
+            // A failed sync is fatal (DESIGN section 5): never retried and then trusted.
+            Err(e) if e.is_sync_failure() => self.enter_error(parts, e.clone()),
             Err(e) => slog::warn!(self.shared.logger(), "snapshot failed"; "error" => %e),
         }
         for done in self.st.saving.drain(..) {

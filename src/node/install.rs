@@ -419,6 +419,10 @@ impl SnapshotIoState {
 
     fn fail_copy(&mut self, last: LogId, e: RaftError) {
         slog::warn!(self.logger, "snapshot install failed"; "snapshot" => %last, "error" => %e);
+        if e.is_sync_failure() {
+            // Fatal, as every failed sync: the node stops rather than retry the install.
+            return self.report(NodeEvent::Fatal(e));
+        }
         self.report(NodeEvent::SnapshotInstalled(last, false));
     }
 

@@ -32,6 +32,9 @@ pub struct SnapshotStorage {
     logger: Logger,
     /// The newest committed snapshot's LogId, as last written or found.
     last: Mutex<Option<LogId>>,
+    /// The sync failure that ended this storage's commits: after it a snapshot directory
+    /// may exist without being durable, and a later commit must not take it for one.
+    failed: Mutex<Option<RaftError>>,
 }
 
 /// A snapshot being written: the user puts files in [`SnapshotWriter::path`].
@@ -83,6 +86,7 @@ impl SnapshotStorage {
             dir: dir.to_path_buf(),
             logger,
             last: Mutex::new(None),
+            failed: Mutex::new(None),
         })
     }
 
@@ -122,8 +126,35 @@ impl SnapshotStorage {
 
     /// Makes `writer`'s files a snapshot of the state up to `last_included`, durable before
     /// it returns, and removes older snapshots. If a snapshot at that index exists already it
-    /// is kept (it holds the same state) and the new one discarded.
+    /// is kept (it holds the same state) and the new one discarded. A failed sync is final:
+    /// this and every later commit return it (see [`SnapshotStorage::failed`]).
     pub fn commit(
+        &self,
+        writer: SnapshotWriter,
+        last_included: LogId,
+        conf: Configuration,
+    ) -> Result<SnapshotMeta> {
+        if let Some(e) = self.failed() {
+            let _ = writer.abort();
+            return Err(e);
+        }
+        let result = self.commit_synced(writer, last_included, conf);
+        if let Err(e) = &result {
+            if e.is_sync_failure() {
+                slog::error!(self.logger, "a snapshot sync failed; no further snapshot commits";
+                    "error" => %e);
+                *self.failed.lock() = Some(e.clone());
+            }
+        }
+        result
+    }
+
+    /// The sync failure that stopped this storage's commits, if one happened.
+    pub fn failed(&self) -> Option<RaftError> {
+        self.failed.lock().clone()
+    }
+
+    fn commit_synced(
         &self,
         writer: SnapshotWriter,
         last_included: LogId,

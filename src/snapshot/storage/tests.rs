@@ -101,6 +101,28 @@ fn a_crash_at_any_step_of_a_save_leaves_the_old_or_the_new_snapshot() {
 }
 
 #[test]
+fn a_failed_directory_sync_ends_commits_and_a_retry_is_not_taken_for_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let ffs = FaultFs::new(dir.path(), 1).unwrap();
+    let s = open(ffs.shared(), dir.path());
+    save(&s, 10, b"old").unwrap();
+    // The rename into place happened; the directory sync that makes it durable failed.
+    ffs.inject(FaultRule::new(FaultOp::SyncDir, FaultKind::Eio).times(1));
+    let err = save(&s, 20, b"new").unwrap_err();
+    assert!(err.is_sync_failure(), "{err}");
+    // The same snapshot again finds its directory in place: once accepted as is, it would
+    // have been acknowledged without ever being synced.
+    let again = save(&s, 20, b"new").unwrap_err();
+    assert_eq!(again.to_string(), err.to_string());
+    assert!(save(&s, 30, b"newer").unwrap_err().is_sync_failure());
+    assert_eq!(s.failed().map(|e| e.to_string()), Some(err.to_string()));
+    assert!(
+        !dir.path().join("snapshot").join(TEMP_DIR).exists(),
+        "aborted writers cleaned up"
+    );
+}
+
+#[test]
 fn a_full_disk_mid_save_is_an_error_and_the_old_snapshot_stays_usable() {
     let dir = tempfile::tempdir().unwrap();
     let ffs = FaultFs::new(dir.path(), 1).unwrap();
