@@ -57,10 +57,14 @@ typedef void (*TraftOnApply)(void *ctx,
 // Called when this node becomes leader of `term`.
 typedef void (*TraftOnLeaderStart)(void *ctx, uint64_t term);
 
-// Called when the node stops, or enters its error state (`message` is then the reason).
+// Called when the node stops, or enters its error state (`message` is then the reason,
+// valid only during the call).
 typedef void (*TraftOnEvent)(void *ctx, const char *message);
 
-// A C state machine: a context pointer and callbacks (null callbacks are skipped).
+// A C state machine: a context pointer and callbacks (null callbacks are skipped; without
+// `on_apply` entries are applied as nothing). The callbacks run on the fsm pool, which by
+// default is one thread serving every node of the process: a callback that blocks stalls
+// them all.
 typedef struct TraftFsm {
   // Passed to every callback; must stay valid until the node is shut down.
   void *ctx;
@@ -68,7 +72,9 @@ typedef struct TraftFsm {
   TraftOnApply on_apply;
   // This node became leader.
   TraftOnLeaderStart on_leader_start;
-  // The node entered its error state (message) or is shutting down (null message).
+  // The node entered its error state (message) or is shutting down (null message). Also
+  // runs, before `traft_node_start` returns its error, when a start fails after the
+  // state machine was set up.
   TraftOnEvent on_stop;
 } TraftFsm;
 
@@ -123,8 +129,13 @@ enum TraftStatus traft_node_start(const struct TraftServer *server,
                                   struct TraftNode **out);
 
 // Proposes `data` (copied); `done(ctx, status, response, len)` runs exactly once, on a traft
-// thread, when it is applied on this node or fails. Returns `TRAFT_OK` when `done` will run,
-// or the error (and `done` does not run) for bad arguments.
+// thread (never inside this call), when it is applied on this node or fails: refusals
+// (`TRAFT_INVALID` over the entry size limit, `TRAFT_BUSY`, `TRAFT_STOPPED`, ...) come
+// through `done` too. Completions of one node may run on different traft threads at once
+// (applied ones on the fsm thread, failed ones on a raft thread); those still pending when
+// `traft_node_shutdown` is called run, with `TRAFT_STOPPED`, on its caller's thread before it
+// returns. Returns `TRAFT_OK` when `done` will run, or the error (and `done` does not run)
+// for bad arguments.
 //
 // # Safety
 // `node` is a live handle; `data` points to `len` readable bytes (or `len` is 0).
@@ -134,10 +145,12 @@ enum TraftStatus traft_node_apply(const struct TraftNode *node,
                                   TraftApplyDone done,
                                   void *ctx);
 
-// A linearizable read barrier: `done(ctx, status, applied)` runs once, on the fsm thread,
-// after this node (the leader) confirmed its leadership and its state machine applied
-// every entry committed before the call; reading the state machine then sees every write
-// acknowledged before the call. `TRAFT_NOT_LEADER` off the leader.
+// A linearizable read barrier: `done(ctx, status, applied)` runs once, on a traft thread
+// (never inside this call): with `TRAFT_OK`, on the fsm thread, after this node (the
+// leader) confirmed its leadership and its state machine applied every entry committed
+// before the call (reading the state machine then sees every write acknowledged before
+// the call); with `TRAFT_NOT_LEADER` off the leader, or another failure, on a raft thread.
+// The call itself returns `TRAFT_OK` unless an argument is bad.
 //
 // # Safety
 // `node` is a live handle; `done` and `ctx` stay valid until `done` ran.
@@ -194,12 +207,14 @@ int32_t traft_node_is_leader(const struct TraftNode *node);
 size_t traft_node_leader(const struct TraftNode *node, char *buf, size_t cap);
 
 // Stops the node, waits for it (its state machine gets `on_stop` with a null message) and
-// frees the handle. Tasks not yet committed complete with `TRAFT_STOPPED`.
+// frees the handle. Completions still pending run with `TRAFT_STOPPED` before it returns
+// (some on this thread); none runs after. Returns `TRAFT_OK`, or `TRAFT_INVALID` (and does
+// nothing: the node runs on, the handle stays valid) when called on a traft thread, from
+// any callback of any node, where waiting for the node would wait for itself.
 //
 // # Safety
-// `node` is null or a live handle, not used after this call; not called from one of the
-// node's own callbacks.
-void traft_node_shutdown(struct TraftNode *node);
+// `node` is null or a live handle, not used after this call returned `TRAFT_OK`.
+enum TraftStatus traft_node_shutdown(struct TraftNode *node);
 
 // Sets the response the proposer of the entry being applied receives (copies `len` bytes).
 //

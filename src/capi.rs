@@ -5,10 +5,14 @@
 //! Rules of the boundary: every function checks its pointers and strings and answers a bad
 //! one with `TRAFT_INVALID`, never by crashing; no Rust panic crosses into C (each body runs
 //! inside `catch_unwind`); every completion callback runs exactly once, on a traft pool
-//! thread, never on the caller's stack; the state machine's callbacks run on the fsm pool,
-//! one at a time per node. A C program owns its `ctx` pointers and must keep them valid until
-//! the node is shut down. This is the only module besides the mmap and socket code with
-//! `unsafe` blocks, each one justified where it stands.
+//! thread, never on the caller's stack (a completion the node gives at once, refusing the
+//! call, is handed to the raft pool: `deferred`), except those `traft_node_shutdown` fails,
+//! which run before it returns; the state machine's callbacks run on the fsm pool, one at a
+//! time per node. A C program owns its `ctx` pointers and must keep them valid until the node
+//! is shut down. This is the only module besides the mmap and socket code with `unsafe`
+//! blocks, each one justified where it stands.
+
+mod deferred;
 
 use std::ffi::{c_char, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -22,6 +26,7 @@ use crate::node_manager::NodeManager;
 use crate::rpc::{Server, ServerOptions};
 use crate::state_machine::{Iter, StateMachine};
 use crate::types::{Configuration, GroupId, PeerId};
+use deferred::{in_call, on_a_traft_thread, Deferred};
 
 /// How a C call ended.
 #[repr(C)]
@@ -77,6 +82,8 @@ pub struct TraftServer {
 /// One node of one group (opaque).
 pub struct TraftNode {
     node: Node,
+    /// Completions handed off their callers' threads; shutdown waits for them.
+    deferred: Arc<Deferred>,
 }
 
 /// Where a state machine's `on_apply` puts its response for the entry (opaque).
@@ -98,10 +105,14 @@ pub type TraftOnApply = Option<
 >;
 /// Called when this node becomes leader of `term`.
 pub type TraftOnLeaderStart = Option<unsafe extern "C" fn(ctx: *mut c_void, term: u64)>;
-/// Called when the node stops, or enters its error state (`message` is then the reason).
+/// Called when the node stops, or enters its error state (`message` is then the reason,
+/// valid only during the call).
 pub type TraftOnEvent = Option<unsafe extern "C" fn(ctx: *mut c_void, message: *const c_char)>;
 
-/// A C state machine: a context pointer and callbacks (null callbacks are skipped).
+/// A C state machine: a context pointer and callbacks (null callbacks are skipped; without
+/// `on_apply` entries are applied as nothing). The callbacks run on the fsm pool, which by
+/// default is one thread serving every node of the process: a callback that blocks stalls
+/// them all.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct TraftFsm {
@@ -111,7 +122,9 @@ pub struct TraftFsm {
     pub on_apply: TraftOnApply,
     /// This node became leader.
     pub on_leader_start: TraftOnLeaderStart,
-    /// The node entered its error state (message) or is shutting down (null message).
+    /// The node entered its error state (message) or is shutting down (null message). Also
+    /// runs, before `traft_node_start` returns its error, when a start fails after the
+    /// state machine was set up.
     pub on_stop: TraftOnEvent,
 }
 
@@ -131,7 +144,8 @@ unsafe impl Send for CStateMachine {}
 impl StateMachine for CStateMachine {
     fn on_apply(&mut self, iter: &mut Iter<'_>) {
         let Some(apply) = self.0.on_apply else {
-            return;
+            // No callback: the entries are applied as nothing (the iterator must be used up).
+            return iter.for_each(drop);
         };
         for mut entry in iter {
             let mut resp = TraftResponse { bytes: Vec::new() };
@@ -296,7 +310,10 @@ pub unsafe extern "C" fn traft_node_start(
         }
         let node = Node::new(GroupId::new(group)?, peer);
         node.init(opts)?;
-        let handle = Box::into_raw(Box::new(TraftNode { node }));
+        let handle = Box::into_raw(Box::new(TraftNode {
+            node,
+            deferred: Arc::default(),
+        }));
         // SAFETY: `out` is non-null and writable by the caller's contract.
         unsafe { *out = handle };
         Ok(())
@@ -304,8 +321,13 @@ pub unsafe extern "C" fn traft_node_start(
 }
 
 /// Proposes `data` (copied); `done(ctx, status, response, len)` runs exactly once, on a traft
-/// thread, when it is applied on this node or fails. Returns `TRAFT_OK` when `done` will run,
-/// or the error (and `done` does not run) for bad arguments.
+/// thread (never inside this call), when it is applied on this node or fails: refusals
+/// (`TRAFT_INVALID` over the entry size limit, `TRAFT_BUSY`, `TRAFT_STOPPED`, ...) come
+/// through `done` too. Completions of one node may run on different traft threads at once
+/// (applied ones on the fsm thread, failed ones on a raft thread); those still pending when
+/// `traft_node_shutdown` is called run, with `TRAFT_STOPPED`, on its caller's thread before it
+/// returns. Returns `TRAFT_OK` when `done` will run, or the error (and `done` does not run)
+/// for bad arguments.
 ///
 /// # Safety
 /// `node` is a live handle; `data` points to `len` readable bytes (or `len` is 0).
@@ -323,6 +345,9 @@ pub unsafe extern "C" fn traft_node_apply(
         if data.is_null() && len > 0 {
             return Err(RaftError::invalid("data is null"));
         }
+        if len > isize::MAX as usize {
+            return Err(RaftError::invalid("len is not the length of a buffer"));
+        }
         let bytes = if len == 0 {
             Bytes::new()
         } else {
@@ -330,16 +355,20 @@ pub unsafe extern "C" fn traft_node_apply(
             Bytes::copy_from_slice(unsafe { std::slice::from_raw_parts(data, len) })
         };
         let ctx = ctx as usize; // carried to the completion thread as an integer
-        node.node.apply(Task::new(bytes, move |r| {
+        let deferred = node.deferred.clone();
+        let task = Task::new(bytes, move |r| {
             let Some(done) = done else { return };
             let (status, resp) = match &r {
                 Ok(b) => (TraftStatus::TraftOk, b.clone()),
                 Err(e) => (TraftStatus::from(e), Bytes::new()),
             };
-            // SAFETY: the completion the C side registered, with its own context and a
-            // response buffer alive across the call.
-            unsafe { done(ctx as *mut c_void, status, resp.as_ptr(), resp.len()) };
-        }));
+            deferred.complete(Box::new(move || {
+                // SAFETY: the completion the C side registered, with its own context and a
+                // response buffer alive across the call.
+                unsafe { done(ctx as *mut c_void, status, resp.as_ptr(), resp.len()) };
+            }));
+        });
+        in_call(|| node.node.apply(task));
         Ok(())
     })
 }
@@ -349,17 +378,25 @@ pub unsafe extern "C" fn traft_node_apply(
 pub type TraftDone =
     Option<unsafe extern "C" fn(ctx: *mut c_void, status: TraftStatus, value: u64)>;
 
-/// A Rust completion that calls the C one exactly once (if there is one).
-fn completion(done: TraftDone, ctx: *mut c_void) -> impl FnOnce(Result<u64, RaftError>) + Send {
+/// A Rust completion that calls the C one exactly once (if there is one), off the thread
+/// of the call that registered it.
+fn completion(
+    node: &TraftNode,
+    done: TraftDone,
+    ctx: *mut c_void,
+) -> impl FnOnce(Result<u64, RaftError>) + Send {
     let ctx = ctx as usize; // carried to the completion thread as an integer
+    let deferred = node.deferred.clone();
     move |r| {
         let Some(done) = done else { return };
         let (status, value) = match &r {
             Ok(v) => (TraftStatus::TraftOk, *v),
             Err(e) => (TraftStatus::from(e), 0),
         };
-        // SAFETY: the completion and context the C side registered for this call.
-        unsafe { done(ctx as *mut c_void, status, value) };
+        deferred.complete(Box::new(move || {
+            // SAFETY: the completion and context the C side registered for this call.
+            unsafe { done(ctx as *mut c_void, status, value) };
+        }));
     }
 }
 
@@ -372,10 +409,12 @@ unsafe fn arg_node<'a>(node: *const TraftNode) -> Result<&'a TraftNode, RaftErro
     unsafe { node.as_ref() }.ok_or_else(|| RaftError::invalid("node is null"))
 }
 
-/// A linearizable read barrier: `done(ctx, status, applied)` runs once, on the fsm thread,
-/// after this node (the leader) confirmed its leadership and its state machine applied
-/// every entry committed before the call; reading the state machine then sees every write
-/// acknowledged before the call. `TRAFT_NOT_LEADER` off the leader.
+/// A linearizable read barrier: `done(ctx, status, applied)` runs once, on a traft thread
+/// (never inside this call): with `TRAFT_OK`, on the fsm thread, after this node (the
+/// leader) confirmed its leadership and its state machine applied every entry committed
+/// before the call (reading the state machine then sees every write acknowledged before
+/// the call); with `TRAFT_NOT_LEADER` off the leader, or another failure, on a raft thread.
+/// The call itself returns `TRAFT_OK` unless an argument is bad.
 ///
 /// # Safety
 /// `node` is a live handle; `done` and `ctx` stay valid until `done` ran.
@@ -388,7 +427,8 @@ pub unsafe extern "C" fn traft_node_read_index(
     guarded(|| {
         // SAFETY: the caller's contract.
         let node = unsafe { arg_node(node) }?;
-        node.node.read_index(completion(done, ctx));
+        let done = completion(node, done, ctx);
+        in_call(|| node.node.read_index(done));
         Ok(())
     })
 }
@@ -425,13 +465,13 @@ unsafe fn node_op(
         // SAFETY: the caller's contract.
         let (node, peer) = unsafe { (arg_node(node)?, arg_str(peer, "peer")?) };
         let peer: PeerId = peer.parse()?;
-        let to_c = completion(done, ctx);
+        let to_c = completion(node, done, ctx);
         let complete = move |r: Result<(), RaftError>| to_c(r.map(|_| 0));
-        match op {
+        in_call(|| match op {
             Op::Transfer => node.node.transfer_leadership_to(peer, complete),
             Op::AddPeer => node.node.add_peer(peer, complete),
             Op::RemovePeer => node.node.remove_peer(peer, complete),
-        }
+        });
         Ok(())
     })
 }
@@ -526,22 +566,30 @@ pub unsafe extern "C" fn traft_node_leader(
 }
 
 /// Stops the node, waits for it (its state machine gets `on_stop` with a null message) and
-/// frees the handle. Tasks not yet committed complete with `TRAFT_STOPPED`.
+/// frees the handle. Completions still pending run with `TRAFT_STOPPED` before it returns
+/// (some on this thread); none runs after. Returns `TRAFT_OK`, or `TRAFT_INVALID` (and does
+/// nothing: the node runs on, the handle stays valid) when called on a traft thread, from
+/// any callback of any node, where waiting for the node would wait for itself.
 ///
 /// # Safety
-/// `node` is null or a live handle, not used after this call; not called from one of the
-/// node's own callbacks.
+/// `node` is null or a live handle, not used after this call returned `TRAFT_OK`.
 #[no_mangle]
-pub unsafe extern "C" fn traft_node_shutdown(node: *mut TraftNode) {
+pub unsafe extern "C" fn traft_node_shutdown(node: *mut TraftNode) -> TraftStatus {
     if node.is_null() {
-        return;
+        return TraftStatus::TraftOk;
+    }
+    if on_a_traft_thread() {
+        return TraftStatus::TraftInvalid;
     }
     // SAFETY: a handle made by `Box::into_raw` in traft_node_start, freed once.
     let n = unsafe { Box::from_raw(node) };
-    let _ = catch_unwind(AssertUnwindSafe(|| {
+    guarded(|| {
         n.node.shutdown();
         n.node.join();
-    }));
+        n.deferred.wait_all_ran();
+        drop(n);
+        Ok(())
+    })
 }
 
 /// Sets the response the proposer of the entry being applied receives (copies `len` bytes).

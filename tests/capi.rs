@@ -136,6 +136,28 @@ unsafe extern "C" fn read_done(_ctx: *mut c_void, status: TraftStatus, value: u6
     READ_AT.store(value, Ordering::SeqCst);
 }
 
+/// What a refused apply's completion saw: its status, and the name of its thread.
+static REFUSED: std::sync::Mutex<Option<(TraftStatus, String)>> = std::sync::Mutex::new(None);
+
+unsafe extern "C" fn refused_done(
+    _ctx: *mut c_void,
+    status: TraftStatus,
+    _r: *const u8,
+    _l: usize,
+) {
+    let name = std::thread::current().name().unwrap_or("").to_string();
+    *REFUSED.lock().unwrap() = Some((status, name));
+}
+
+/// The status `traft_node_shutdown` answered inside a completion (-1 until it ran).
+static SHUTDOWN_INSIDE: AtomicI32 = AtomicI32::new(-1);
+
+unsafe extern "C" fn shutdown_inside(ctx: *mut c_void, _s: TraftStatus, _r: *const u8, _l: usize) {
+    // SAFETY: `ctx` is the live node handle the test passed; the call must refuse, not free.
+    let st = unsafe { traft_node_shutdown(ctx as *mut TraftNode) };
+    SHUTDOWN_INSIDE.store(st as i32, Ordering::SeqCst);
+}
+
 #[test]
 fn bad_arguments_are_invalid_and_a_node_runs_through_the_abi() {
     let addr = CString::new("127.0.0.1:0").unwrap();
@@ -251,9 +273,49 @@ fn bad_arguments_are_invalid_and_a_node_runs_through_the_abi() {
         let st = traft_node_read_index(std::ptr::null(), None, std::ptr::null_mut());
         assert_eq!(st, TraftStatus::TraftInvalid);
     }
+    // A task the node refuses at once (over the 1 MiB entry limit) still completes on a
+    // traft thread, never on the caller's inside the call (a caller holding a lock its
+    // completion takes would deadlock).
+    let big = vec![0u8; (1 << 20) + 1];
+    // SAFETY: a live handle and `big.len()` readable bytes.
+    let st = unsafe {
+        traft_node_apply(
+            node,
+            big.as_ptr(),
+            big.len(),
+            Some(refused_done),
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(st, TraftStatus::TraftOk);
+    while REFUSED.lock().unwrap().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(10), "refusal missing");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let (status, thread) = REFUSED.lock().unwrap().clone().unwrap();
+    assert_eq!(status, TraftStatus::TraftInvalid);
+    assert!(thread.starts_with("traft-"), "completed on {thread:?}");
+    // Shutting a node down from a callback is refused: it would wait for its own thread.
+    // SAFETY: a live handle passed as the completion's context, alive until the end.
+    let st =
+        unsafe { traft_node_apply(node, b"x".as_ptr(), 1, Some(shutdown_inside), node.cast()) };
+    assert_eq!(st, TraftStatus::TraftOk);
+    while SHUTDOWN_INSIDE.load(Ordering::SeqCst) == -1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "completion missing"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(
+        SHUTDOWN_INSIDE.load(Ordering::SeqCst),
+        TraftStatus::TraftInvalid as i32
+    );
+    // SAFETY: the node still runs and its handle is live.
+    assert_eq!(unsafe { traft_node_is_leader(node) }, 1);
     // SAFETY: handles from the calls above, not used afterwards.
     unsafe {
-        traft_node_shutdown(node);
+        assert_eq!(traft_node_shutdown(node), TraftStatus::TraftOk);
         traft_server_free(server);
     }
     let msg = traft_status_str(1);
