@@ -257,6 +257,90 @@ fn leadership_moves_to_the_chosen_voter_and_writes_go_on() {
         matches!(refused, Err(RaftError::NotLeader { .. })),
         "{refused:?}"
     );
+    // The state machines heard the change: the old leader stopped leading and follows the
+    // target; the third node stopped following the old leader and follows the target.
+    let follows_target = format!("follow {:?}", Some(c.members[target].peer));
+    let third = 3 - old - target;
+    let stopped_following_old = format!("stop following {:?}", Some(c.members[old].peer));
+    c.wait("the role callbacks ran", WITHIN, || {
+        let ev_old = c.members[old].kv.0.lock().role_events.clone();
+        let ev_third = c.members[third].kv.0.lock().role_events.clone();
+        let last_lead = ev_old.iter().rposition(|e| e.starts_with("lead "));
+        last_lead.is_some_and(|i| ev_old[i + 1..].first().is_some_and(|e| e == "stop leading"))
+            && ev_old
+                .last()
+                .is_some_and(|e| e.starts_with(&follows_target))
+            && ev_third
+                .iter()
+                .any(|e| e.starts_with(&stopped_following_old))
+            && ev_third
+                .last()
+                .is_some_and(|e| e.starts_with(&follows_target))
+    });
+    let ev = c.members[target].kv.0.lock().role_events.clone();
+    assert!(ev.last().is_some_and(|e| e.starts_with("lead ")), "{ev:?}");
+}
+
+/// `change_peers` moves the group to a new configuration in one joint change: a voter is
+/// swapped for a new node, which catches up first; reads through `read_index_wait` see
+/// every write acknowledged before them.
+#[test]
+fn change_peers_swaps_a_voter_for_a_new_node_in_one_joint_change() {
+    let mut o = ClusterOptions::new(4);
+    o.spares = 1;
+    let c = Cluster::start("change_peers", o);
+    c.wait_leader(election_bound());
+    for k in 0..20 {
+        c.apply(Bytes::from(format!("c{k}")), WITHIN);
+    }
+    let l = c.wait_leader(election_bound());
+    let gone = (l + 1) % 3;
+    let conf = traft::Configuration::new((0..4).filter(|i| *i != gone).map(|i| c.members[i].peer));
+    on_leader(&c, |n| n.change_peers_wait(conf.clone()), "change_peers");
+    for i in (0..4).filter(|i| *i != gone) {
+        c.wait("the new configuration is in force", WITHIN, || {
+            c.node(i).configuration() == conf
+        });
+    }
+    c.wait("the new voter holds everything", WITHIN, || {
+        c.members[3].kv.len() == 20
+    });
+    c.apply(Bytes::from_static(b"after"), WITHIN);
+    let l = c.wait_leader(election_bound());
+    let index = c.node(l).read_index_wait().expect("read on the leader");
+    assert!(index >= 22, "the read saw the write: applied {index}");
+    assert!(c.members[l]
+        .kv
+        .data()
+        .contains(&Bytes::from_static(b"after")));
+}
+
+/// `reset_peers` (braft's recovery when a majority is gone for good): the one survivor of a
+/// three-voter group forces a configuration of itself alone, leads at once, and applies.
+#[test]
+fn reset_peers_lets_the_last_survivor_of_a_lost_majority_serve_alone() {
+    let mut c = Cluster::start("reset_peers", ClusterOptions::new(3));
+    c.wait_leader(election_bound());
+    for k in 0..5 {
+        c.apply(Bytes::from(format!("r{k}")), WITHIN);
+    }
+    let survivor = 0;
+    c.wait("the survivor has everything", WITHIN, || {
+        c.members[survivor].kv.len() == 5
+    });
+    c.kill(1);
+    c.kill(2);
+    let alone = traft::Configuration::new([c.members[survivor].peer]);
+    c.node(survivor)
+        .reset_peers_wait(alone.clone())
+        .expect("reset_peers");
+    c.wait("the survivor leads alone", election_bound(), || {
+        c.node(survivor).is_leader()
+    });
+    c.apply_via(survivor, Bytes::from_static(b"alone"), WITHIN)
+        .expect("a write with no other voter");
+    assert_eq!(c.members[survivor].kv.len(), 6);
+    assert_eq!(c.node(survivor).configuration(), alone);
 }
 
 /// Membership: a new node started outside the configuration is added as a voter, catches up

@@ -21,6 +21,9 @@ pub struct KvState {
     /// Problems seen (an index applied twice or out of order).
     pub violations: Vec<String>,
     pub leader_terms: Vec<u64>,
+    /// The role callbacks in the order they ran: `lead t`, `stop leading`, `follow <peer> t`,
+    /// `stop following <peer> t`.
+    pub role_events: Vec<String>,
     pub errors: Vec<String>,
     pub snapshots_loaded: u64,
     /// Panic when applying this payload (to test a user-callback panic on one node).
@@ -127,7 +130,23 @@ impl StateMachine for KvSm {
         while self.h.0.lock().hold_leader_start {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        self.h.0.lock().leader_terms.push(term);
+        let mut st = self.h.0.lock();
+        st.leader_terms.push(term);
+        st.role_events.push(format!("lead {term}"));
+    }
+
+    fn on_leader_stop(&mut self, _reason: &RaftError) {
+        self.h.0.lock().role_events.push("stop leading".into());
+    }
+
+    fn on_start_following(&mut self, ctx: &traft::state_machine::LeaderChangeContext) {
+        let event = format!("follow {:?} {}", ctx.leader, ctx.term);
+        self.h.0.lock().role_events.push(event);
+    }
+
+    fn on_stop_following(&mut self, ctx: &traft::state_machine::LeaderChangeContext) {
+        let event = format!("stop following {:?} {}", ctx.leader, ctx.term);
+        self.h.0.lock().role_events.push(event);
     }
 
     fn on_error(&mut self, e: &RaftError) {
