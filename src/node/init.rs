@@ -120,8 +120,7 @@ impl Node {
                 slog::error!(self.shared.logger(), "init failed; undoing"; "error" => %e);
                 undo.run();
                 self.shared.set_state(Lifecycle::ShuttingDown);
-                let parts = self.shared.parts.lock().take();
-                drop(parts); // after the lock is released: dropping the parts closes files
+                drop(self.shared.take_parts());
                 self.shared.joining.store(true, Ordering::Release);
                 mark_joined(&self.shared);
                 Err(e)
@@ -168,6 +167,7 @@ fn init_steps(shared: &Arc<NodeShared>, mut opts: NodeOptions, undo: &mut Undo) 
                 shared.peer.addr()
             ))
         })?;
+    opts.check_frame(server.frame_bytes_max())?;
     let mut cx = Ctx {
         shared,
         weak: Arc::downgrade(shared),
@@ -652,8 +652,7 @@ pub(crate) fn join(shared: &Arc<NodeShared>) {
         if let Some(q) = shared.events.get() {
             q.join();
         }
-        let parts = shared.parts.lock().take();
-        if let Some(parts) = parts {
+        if let Some(parts) = shared.take_parts() {
             if let Some(t) = &parts.snapshot_timer {
                 t.destroy();
             }

@@ -138,6 +138,12 @@ impl NodeShared {
         self.parts.lock().clone()
     }
 
+    /// Takes the components out, the lock released before the caller drops them (dropping
+    /// the last handle closes files).
+    pub(crate) fn take_parts(&self) -> Option<Arc<Parts>> {
+        self.parts.lock().take()
+    }
+
     /// Moves the lifecycle, keeping `active` in step. Lock order: state -> (nothing).
     pub(crate) fn set_state(&self, next: Lifecycle) {
         let mut st = self.state.lock();

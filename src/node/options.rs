@@ -163,6 +163,20 @@ impl NodeOptions {
         )
     }
 
+    /// Checks the options against the node's server: an AppendEntries carries up to
+    /// `append_entries_bytes_max` of payload plus each entry's header, and must fit a frame,
+    /// or replication would fail the same send forever.
+    pub(crate) fn check_frame(&self, frame_bytes_max: usize) -> Result<()> {
+        if self.append_entries_bytes_max > frame_bytes_max / 2 {
+            return Err(RaftError::invalid(format!(
+                "append_entries_bytes_max = {} must be at most half the server's \
+                 frame_bytes_max ({frame_bytes_max}), leaving room for the entries' headers",
+                self.append_entries_bytes_max
+            )));
+        }
+        Ok(())
+    }
+
     /// The heartbeat interval: a tenth of the election timeout, at least 10 ms (braft).
     pub fn heartbeat_interval_ms(&self) -> u64 {
         (self.election_timeout_ms / 10).max(10)
@@ -222,6 +236,10 @@ mod tests {
             },
             "entry_bytes_max",
         );
+        let o = opts();
+        assert!(o.check_frame(64 << 20).is_ok());
+        let e = o.check_frame(1 << 20).unwrap_err();
+        assert!(e.to_string().contains("append_entries_bytes_max"), "{e}");
         let mut o = opts();
         o.election_timeout_ms = ELECTION_TIMEOUT_MAX_MS;
         o.snapshot_interval_s = SNAPSHOT_INTERVAL_MAX_S;

@@ -255,6 +255,11 @@ impl Server {
         self.inner.ctx.local_addr
     }
 
+    /// The longest frame this server sends or accepts (header included).
+    pub fn frame_bytes_max(&self) -> usize {
+        self.inner.ctx.opts.frame_bytes_max
+    }
+
     /// The runtime serving this server.
     pub fn runtime(&self) -> &Runtime {
         &self.inner.ctx.runtime
