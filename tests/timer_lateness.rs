@@ -35,12 +35,7 @@ fn repeated_timers_fire_within_10ms_of_their_deadline_at_p99() {
     for k in 0..20u64 {
         let period = Duration::from_millis(10 + k * 30 / 19);
         let (late, last_end) = (late.clone(), Arc::new(Mutex::new(None::<Instant>)));
-        let opts = RepeatedTimerOptions {
-            name: format!("lateness-{k}"),
-            timeout_ms: period.as_millis() as u64,
-            randomized: false,
-            seed: k,
-        };
+        let opts = RepeatedTimerOptions::new(&format!("lateness-{k}"), period.as_millis() as u64);
         let t = RepeatedTimer::new(rt.timer(), opts, move || {
             let now = Instant::now();
             let mut end = last_end.lock();

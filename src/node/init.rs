@@ -243,10 +243,9 @@ fn step1_timers(cx: &mut Ctx<'_>, opts: &NodeOptions) -> (Arc<CoreTimers>, Optio
     cx.undo.push(move || t.stop_all());
     let snapshot_timer = (opts.snapshot_interval_s > 0).then(|| {
         let t_opts = RepeatedTimerOptions {
-            name: "snapshot".into(),
-            timeout_ms: opts.snapshot_interval_s * 1000,
-            randomized: false,
-            seed: 0,
+            first_random: true,
+            seed: opts.seed.unwrap_or_else(|| Rng::from_entropy().next_u64()),
+            ..RepeatedTimerOptions::new("snapshot", opts.snapshot_interval_s * 1000)
         };
         let tick = cx.to_node(|()| NodeEvent::SnapshotTick);
         RepeatedTimer::new(cx.runtime.timer(), t_opts, move || tick(()))

@@ -28,8 +28,24 @@ pub struct RepeatedTimerOptions {
     pub timeout_ms: u64,
     /// Draw each period from `[T, 2T)` instead of using T.
     pub randomized: bool,
+    /// Draw the first period after each `start` from `[1, T]` (braft's snapshot timer):
+    /// timers of many nodes started together then do not fire together ever after.
+    pub first_random: bool,
     /// Seed of the jitter.
     pub seed: u64,
+}
+
+impl RepeatedTimerOptions {
+    /// A timer of period `timeout_ms`, without jitter.
+    pub fn new(name: &str, timeout_ms: u64) -> RepeatedTimerOptions {
+        RepeatedTimerOptions {
+            name: name.into(),
+            timeout_ms,
+            randomized: false,
+            first_random: false,
+            seed: 0,
+        }
+    }
 }
 
 struct St {
@@ -44,6 +60,8 @@ struct St {
     generation: u64,
     /// The thread running the callback right now, if any.
     running: Option<ThreadId>,
+    /// Armed since the last `start`: the first period is drawn only once.
+    armed_since_start: bool,
 }
 
 struct Inner {
@@ -74,6 +92,7 @@ impl RepeatedTimer {
             pending: None,
             generation: 0,
             running: None,
+            armed_since_start: false,
         };
         RepeatedTimer {
             inner: Arc::new(Inner {
@@ -93,6 +112,7 @@ impl RepeatedTimer {
             return;
         }
         st.stopped = false;
+        st.armed_since_start = false;
         if st.running.is_none() {
             Inner::arm(&self.inner, &mut st);
         }
@@ -164,11 +184,14 @@ impl Drop for RepeatedTimer {
 impl Inner {
     fn arm(this: &Arc<Inner>, st: &mut St) {
         let t = st.timeout_ms;
-        let delay_ms = if this.opts.randomized {
+        let delay_ms = if this.opts.first_random && !st.armed_since_start {
+            st.rng.range(1, t.saturating_add(1).max(2))
+        } else if this.opts.randomized {
             st.rng.range(t, t.saturating_mul(2).max(t + 1))
         } else {
             t
         };
+        st.armed_since_start = true;
         st.generation += 1;
         let generation = st.generation;
         let weak: Weak<Inner> = Arc::downgrade(this);

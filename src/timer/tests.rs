@@ -42,10 +42,9 @@ fn repeated(
     f: impl Fn() + Send + Sync + 'static,
 ) -> RepeatedTimer {
     let opts = RepeatedTimerOptions {
-        name: "test".into(),
-        timeout_ms: ms,
         randomized,
         seed: 1,
+        ..RepeatedTimerOptions::new("test", ms)
     };
     RepeatedTimer::new(t, opts, f)
 }
@@ -312,4 +311,37 @@ fn a_delay_of_duration_max_schedules_far_away_instead_of_panicking() {
     let t = TestTimer::new();
     let id = t.timer.schedule_after(Duration::MAX, || {}).unwrap();
     assert!(t.timer.cancel(id), "scheduled, not run");
+}
+
+#[test]
+fn a_first_random_timer_fires_first_within_one_period_then_every_period() {
+    const T: u64 = 1000;
+    // A seed whose first draw is short, so that "sooner than T" shows.
+    let seed = (0..).find(|s| Rng::new(*s).range(1, T + 1) < 300).unwrap();
+    let t = TestTimer::new();
+    let fired = Arc::new(Mutex::new(Vec::new()));
+    let f = fired.clone();
+    let opts = RepeatedTimerOptions {
+        first_random: true,
+        seed,
+        ..RepeatedTimerOptions::new("first_random", T)
+    };
+    let timer = RepeatedTimer::new(&t.timer, opts, move || f.lock().push(Instant::now()));
+    let started = Instant::now();
+    timer.start();
+    let state = fired.clone();
+    wait_for(
+        "two firings",
+        Duration::from_secs(5),
+        || fired.lock().len() >= 2,
+        || format!("{:?}", state.lock()),
+    );
+    timer.destroy();
+    let at = fired.lock().clone();
+    assert!(
+        at[0] - started < Duration::from_millis(T * 7 / 10),
+        "first firing after {:?}, not drawn below T",
+        at[0] - started
+    );
+    assert!(at[1] - at[0] >= Duration::from_millis(T), "then every T");
 }
