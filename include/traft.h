@@ -45,6 +45,10 @@ typedef struct TraftResponse TraftResponse;
 // A transport server with traft's services registered (opaque).
 typedef struct TraftServer TraftServer;
 
+// A snapshot being saved by a C state machine (opaque): its files go into the directory
+// `on_snapshot_save` was given; `traft_snapshot_done` finishes it and frees the handle.
+typedef struct TraftSnapshotWriter TraftSnapshotWriter;
+
 // Called for each committed entry, in log order, on the fsm pool. `data` is valid only
 // during the call. Set a response for the proposer with `traft_response_set`.
 typedef void (*TraftOnApply)(void *ctx,
@@ -61,6 +65,17 @@ typedef void (*TraftOnLeaderStart)(void *ctx, uint64_t term);
 // valid only during the call).
 typedef void (*TraftOnEvent)(void *ctx, const char *message);
 
+// Saves a snapshot of the state as of the last entry applied (no `on_apply` runs until
+// `traft_snapshot_done` is called): write the state as files into `dir`, record each with
+// `traft_snapshot_add_file`, then call `traft_snapshot_done` exactly once, now or later
+// from any thread. `dir` is valid until then.
+typedef void (*TraftOnSnapshotSave)(void *ctx, const char *dir, struct TraftSnapshotWriter *writer);
+
+// Replaces the whole state with the snapshot whose files (as its save recorded them) are in
+// `dir`, valid during the call. Returns `TRAFT_OK`, or any other status: the node then
+// enters its error state.
+typedef enum TraftStatus (*TraftOnSnapshotLoad)(void *ctx, const char *dir);
+
 // A C state machine: a context pointer and callbacks (null callbacks are skipped; without
 // `on_apply` entries are applied as nothing). The callbacks run on the fsm pool, which by
 // default is one thread serving every node of the process: a callback that blocks stalls
@@ -76,6 +91,11 @@ typedef struct TraftFsm {
   // runs, before `traft_node_start` returns its error, when a start fails after the
   // state machine was set up.
   TraftOnEvent on_stop;
+  // Saves a snapshot (null: snapshots fail with `TRAFT_OTHER` and the log is never
+  // compacted).
+  TraftOnSnapshotSave on_snapshot_save;
+  // Loads a snapshot: at start when one is on disk, or one copied from the leader.
+  TraftOnSnapshotLoad on_snapshot_load;
 } TraftFsm;
 
 // Completion of `traft_node_apply`: the status, and the state machine's response (valid only
@@ -215,6 +235,30 @@ size_t traft_node_leader(const struct TraftNode *node, char *buf, size_t cap);
 // # Safety
 // `node` is null or a live handle, not used after this call returned `TRAFT_OK`.
 enum TraftStatus traft_node_shutdown(struct TraftNode *node);
+
+// Records `name`, a file the state machine wrote into the snapshot's directory.
+// `TRAFT_INVALID` for a null handle, a bad name (empty, with '/', over 255 bytes) or a file
+// that is not there.
+//
+// # Safety
+// `writer` is a handle from `on_snapshot_save` not yet passed to `traft_snapshot_done`;
+// `name` a NUL-terminated string.
+enum TraftStatus traft_snapshot_add_file(struct TraftSnapshotWriter *writer, const char *name);
+
+// Finishes a snapshot save: with `TRAFT_OK` the recorded files become the node's newest
+// snapshot (durable before the node relies on it); any other status abandons it. Frees
+// `writer`. Returns `TRAFT_OK`, or `TRAFT_INVALID` for a null handle.
+//
+// # Safety
+// `writer` is a handle from `on_snapshot_save`, passed here once and not used after.
+enum TraftStatus traft_snapshot_done(struct TraftSnapshotWriter *writer, enum TraftStatus status);
+
+// Takes a snapshot now (the node also takes one every hour); `done(ctx, status, 0)` runs
+// once, on a traft thread, when it is saved (and the log compacted behind it) or failed.
+//
+// # Safety
+// `node` is a live handle; `done` and `ctx` stay valid until `done` ran.
+enum TraftStatus traft_node_snapshot(const struct TraftNode *node, TraftDone done, void *ctx);
 
 // Sets the response the proposer of the entry being applied receives (copies `len` bytes).
 //

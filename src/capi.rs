@@ -13,8 +13,9 @@
 //! blocks, each one justified where it stands.
 
 mod deferred;
+mod fsm;
 
-use std::ffi::{c_char, c_void, CStr};
+use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
@@ -24,9 +25,11 @@ use crate::error::RaftError;
 use crate::node::{Node, NodeOptions, Task};
 use crate::node_manager::NodeManager;
 use crate::rpc::{Server, ServerOptions};
-use crate::state_machine::{Iter, StateMachine};
+use crate::snapshot::SnapshotWriter;
+use crate::state_machine::SnapshotDone;
 use crate::types::{Configuration, GroupId, PeerId};
 use deferred::{in_call, on_a_traft_thread, Deferred};
+use fsm::CStateMachine;
 
 /// How a C call ended.
 #[repr(C)]
@@ -109,6 +112,28 @@ pub type TraftOnLeaderStart = Option<unsafe extern "C" fn(ctx: *mut c_void, term
 /// valid only during the call).
 pub type TraftOnEvent = Option<unsafe extern "C" fn(ctx: *mut c_void, message: *const c_char)>;
 
+/// A snapshot being saved by a C state machine (opaque): its files go into the directory
+/// `on_snapshot_save` was given; `traft_snapshot_done` finishes it and frees the handle.
+pub struct TraftSnapshotWriter {
+    writer: SnapshotWriter,
+    done: SnapshotDone,
+    /// The directory as C sees it, alive until the handle is freed.
+    dir: CString,
+}
+
+/// Saves a snapshot of the state as of the last entry applied (no `on_apply` runs until
+/// `traft_snapshot_done` is called): write the state as files into `dir`, record each with
+/// `traft_snapshot_add_file`, then call `traft_snapshot_done` exactly once, now or later
+/// from any thread. `dir` is valid until then.
+pub type TraftOnSnapshotSave = Option<
+    unsafe extern "C" fn(ctx: *mut c_void, dir: *const c_char, writer: *mut TraftSnapshotWriter),
+>;
+/// Replaces the whole state with the snapshot whose files (as its save recorded them) are in
+/// `dir`, valid during the call. Returns `TRAFT_OK`, or any other status: the node then
+/// enters its error state.
+pub type TraftOnSnapshotLoad =
+    Option<unsafe extern "C" fn(ctx: *mut c_void, dir: *const c_char) -> TraftStatus>;
+
 /// A C state machine: a context pointer and callbacks (null callbacks are skipped; without
 /// `on_apply` entries are applied as nothing). The callbacks run on the fsm pool, which by
 /// default is one thread serving every node of the process: a callback that blocks stalls
@@ -126,6 +151,11 @@ pub struct TraftFsm {
     /// runs, before `traft_node_start` returns its error, when a start fails after the
     /// state machine was set up.
     pub on_stop: TraftOnEvent,
+    /// Saves a snapshot (null: snapshots fail with `TRAFT_OTHER` and the log is never
+    /// compacted).
+    pub on_snapshot_save: TraftOnSnapshotSave,
+    /// Loads a snapshot: at start when one is on disk, or one copied from the leader.
+    pub on_snapshot_load: TraftOnSnapshotLoad,
 }
 
 /// Completion of `traft_node_apply`: the status, and the state machine's response (valid only
@@ -133,61 +163,6 @@ pub struct TraftFsm {
 pub type TraftApplyDone = Option<
     unsafe extern "C" fn(ctx: *mut c_void, status: TraftStatus, response: *const u8, len: usize),
 >;
-
-/// The C state machine, driven by the FSMCaller.
-struct CStateMachine(TraftFsm);
-
-// SAFETY: the C contract (traft.h) requires the callbacks and `ctx` to be usable from any
-// thread; traft calls them from one fsm pool thread at a time per node.
-unsafe impl Send for CStateMachine {}
-
-impl StateMachine for CStateMachine {
-    fn on_apply(&mut self, iter: &mut Iter<'_>) {
-        let Some(apply) = self.0.on_apply else {
-            // No callback: the entries are applied as nothing (the iterator must be used up).
-            return iter.for_each(drop);
-        };
-        for mut entry in iter {
-            let mut resp = TraftResponse { bytes: Vec::new() };
-            // SAFETY: `data` points into a live `Bytes` for the duration of the call, and
-            // `resp` is a valid exclusive pointer for it; the C side promised `ctx` is valid.
-            unsafe {
-                apply(
-                    self.0.ctx,
-                    entry.index,
-                    entry.term,
-                    entry.data.as_ptr(),
-                    entry.data.len(),
-                    &mut resp,
-                )
-            };
-            entry.respond(Bytes::from(resp.bytes));
-        }
-    }
-
-    fn on_leader_start(&mut self, term: u64) {
-        if let Some(f) = self.0.on_leader_start {
-            // SAFETY: a plain call with the context the C side registered.
-            unsafe { f(self.0.ctx, term) };
-        }
-    }
-
-    fn on_error(&mut self, error: &RaftError) {
-        if let Some(f) = self.0.on_stop {
-            let text =
-                std::ffi::CString::new(error.to_string().replace('\0', " ")).unwrap_or_default();
-            // SAFETY: `text` lives across the call; `ctx` is the registered context.
-            unsafe { f(self.0.ctx, text.as_ptr()) };
-        }
-    }
-
-    fn on_shutdown(&mut self) {
-        if let Some(f) = self.0.on_stop {
-            // SAFETY: a plain call with the registered context and a null message.
-            unsafe { f(self.0.ctx, std::ptr::null()) };
-        }
-    }
-}
 
 /// Runs a C entry point's body, turning a panic into `TraftOther`.
 fn guarded(f: impl FnOnce() -> Result<(), RaftError>) -> TraftStatus {
@@ -588,6 +563,78 @@ pub unsafe extern "C" fn traft_node_shutdown(node: *mut TraftNode) -> TraftStatu
         n.node.join();
         n.deferred.wait_all_ran();
         drop(n);
+        Ok(())
+    })
+}
+
+/// Records `name`, a file the state machine wrote into the snapshot's directory.
+/// `TRAFT_INVALID` for a null handle, a bad name (empty, with '/', over 255 bytes) or a file
+/// that is not there.
+///
+/// # Safety
+/// `writer` is a handle from `on_snapshot_save` not yet passed to `traft_snapshot_done`;
+/// `name` a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn traft_snapshot_add_file(
+    writer: *mut TraftSnapshotWriter,
+    name: *const c_char,
+) -> TraftStatus {
+    guarded(|| {
+        // SAFETY: null or a live, exclusive handle by the caller's contract.
+        let w = unsafe { writer.as_mut() }.ok_or_else(|| RaftError::invalid("writer is null"))?;
+        // SAFETY: the caller's contract for `name`.
+        let name = unsafe { arg_str(name, "name") }?;
+        w.writer.add_file(name)
+    })
+}
+
+/// Finishes a snapshot save: with `TRAFT_OK` the recorded files become the node's newest
+/// snapshot (durable before the node relies on it); any other status abandons it. Frees
+/// `writer`. Returns `TRAFT_OK`, or `TRAFT_INVALID` for a null handle.
+///
+/// # Safety
+/// `writer` is a handle from `on_snapshot_save`, passed here once and not used after.
+#[no_mangle]
+pub unsafe extern "C" fn traft_snapshot_done(
+    writer: *mut TraftSnapshotWriter,
+    status: TraftStatus,
+) -> TraftStatus {
+    if writer.is_null() {
+        return TraftStatus::TraftInvalid;
+    }
+    // SAFETY: a handle made by `Box::into_raw` in `on_snapshot_save`, freed once.
+    let w = unsafe { Box::from_raw(writer) };
+    guarded(move || {
+        let TraftSnapshotWriter { writer, done, .. } = *w;
+        if status == TraftStatus::TraftOk {
+            done.complete(Ok(writer));
+        } else {
+            let _ = writer.abort();
+            done.complete(Err(RaftError::invalid(format!(
+                "the C state machine's snapshot save failed: status {}",
+                status as i32
+            ))));
+        }
+        Ok(())
+    })
+}
+
+/// Takes a snapshot now (the node also takes one every hour); `done(ctx, status, 0)` runs
+/// once, on a traft thread, when it is saved (and the log compacted behind it) or failed.
+///
+/// # Safety
+/// `node` is a live handle; `done` and `ctx` stay valid until `done` ran.
+#[no_mangle]
+pub unsafe extern "C" fn traft_node_snapshot(
+    node: *const TraftNode,
+    done: TraftDone,
+    ctx: *mut c_void,
+) -> TraftStatus {
+    guarded(|| {
+        // SAFETY: the caller's contract.
+        let node = unsafe { arg_node(node) }?;
+        let to_c = completion(node, done, ctx);
+        in_call(|| node.node.snapshot(move |r| to_c(r.map(|_| 0))));
         Ok(())
     })
 }

@@ -99,6 +99,10 @@ fn a_c_program_links_the_library_and_runs_a_node() {
     );
     assert!(stdout.contains("counter 10"), "{stdout}");
     assert!(stdout.contains("applied, counter now 10"), "{stdout}");
+    // The snapshot the C state machine saved is what it loads after the restart.
+    assert!(stdout.contains("snapshot: ok"), "{stdout}");
+    assert!(stdout.contains("loaded counter 10 from the snapshot"), "{stdout}");
+    assert!(stdout.contains("counter 11 after the restart"), "{stdout}");
 }
 
 static APPLIED: AtomicU64 = AtomicU64::new(0);
@@ -189,6 +193,8 @@ fn bad_arguments_are_invalid_and_a_node_runs_through_the_abi() {
         on_apply: Some(apply),
         on_leader_start: None,
         on_stop: None,
+        on_snapshot_save: None,
+        on_snapshot_load: None,
     };
     let mut node: *mut TraftNode = std::ptr::null_mut();
     // SAFETY: valid handles and strings (and a null group, refused).
