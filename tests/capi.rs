@@ -101,7 +101,10 @@ fn a_c_program_links_the_library_and_runs_a_node() {
     assert!(stdout.contains("applied, counter now 10"), "{stdout}");
     // The snapshot the C state machine saved is what it loads after the restart.
     assert!(stdout.contains("snapshot: ok"), "{stdout}");
-    assert!(stdout.contains("loaded counter 10 from the snapshot"), "{stdout}");
+    assert!(
+        stdout.contains("loaded counter 10 from the snapshot"),
+        "{stdout}"
+    );
     assert!(stdout.contains("counter 11 after the restart"), "{stdout}");
 }
 
