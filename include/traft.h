@@ -218,9 +218,10 @@ enum TraftStatus traft_node_remove_peer(const struct TraftNode *node,
 // `node` is null or a live handle.
 int32_t traft_node_is_leader(const struct TraftNode *node);
 
-// Writes the known leader as "ip:port:idx" and a NUL into `buf` (at most `cap` bytes);
-// returns the length written without the NUL, 0 when no leader is known or `buf` is too
-// small.
+// Writes the known leader as "ip:port:idx" and a NUL into `buf` (at most `cap` bytes) and
+// returns its length without the NUL; 0 when no leader is known. As `snprintf`: a return
+// of `cap` or more means `buf` was too small and nothing was written (call again with
+// more).
 //
 // # Safety
 // `node` is a live handle; `buf` points to `cap` writable bytes.

@@ -16,6 +16,7 @@ mod deferred;
 mod fsm;
 
 use std::ffi::{c_char, c_void, CStr, CString};
+use std::os::unix::ffi::OsStrExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
@@ -268,15 +269,27 @@ pub unsafe extern "C" fn traft_node_start(
             return Err(RaftError::invalid("server or out is null"));
         }
         // SAFETY: the caller's contract for each string argument.
-        let (group, peer, conf, path) = unsafe {
+        let (group, peer, conf) = unsafe {
             (
                 arg_str(group, "group")?,
                 arg_str(peer, "peer")?,
                 arg_str(conf, "conf")?,
-                arg_str(data_path, "data_path")?,
             )
         };
+        if data_path.is_null() {
+            return Err(RaftError::invalid("data_path is null"));
+        }
+        // Any bytes Linux allows in a path, UTF-8 or not. SAFETY: NUL-terminated (contract).
+        let path = std::ffi::OsStr::from_bytes(unsafe { CStr::from_ptr(data_path) }.to_bytes());
         let peer: PeerId = peer.parse()?;
+        // SAFETY: non-null, a live handle by the caller's contract.
+        let local = unsafe { &*server }.server.local_addr();
+        let same_ip = local.ip() == peer.addr().ip() || local.ip().is_unspecified();
+        if local.port() != peer.addr().port() || !same_ip {
+            return Err(RaftError::invalid(format!(
+                "peer {peer} is not served by the server listening on {local}"
+            )));
+        }
         let conf = Configuration::parse_voters(conf)?;
         let mut opts = NodeOptions::new(Box::new(CStateMachine(fsm)), path, conf);
         if election_timeout_ms > 0 {
@@ -509,9 +522,10 @@ pub unsafe extern "C" fn traft_node_is_leader(node: *const TraftNode) -> i32 {
     unsafe { node.as_ref() }.is_some_and(|n| n.node.is_leader()) as i32
 }
 
-/// Writes the known leader as "ip:port:idx" and a NUL into `buf` (at most `cap` bytes);
-/// returns the length written without the NUL, 0 when no leader is known or `buf` is too
-/// small.
+/// Writes the known leader as "ip:port:idx" and a NUL into `buf` (at most `cap` bytes) and
+/// returns its length without the NUL; 0 when no leader is known. As `snprintf`: a return
+/// of `cap` or more means `buf` was too small and nothing was written (call again with
+/// more).
 ///
 /// # Safety
 /// `node` is a live handle; `buf` points to `cap` writable bytes.
@@ -530,7 +544,7 @@ pub unsafe extern "C" fn traft_node_leader(
     };
     let text = leader.to_string();
     if buf.is_null() || text.len() + 1 > cap {
-        return 0;
+        return text.len();
     }
     // SAFETY: `buf` has `cap >= len + 1` writable bytes by the caller's contract.
     unsafe {

@@ -213,6 +213,25 @@ fn bad_arguments_are_invalid_and_a_node_runs_through_the_abi() {
             &mut node,
         );
         assert_eq!(st, TraftStatus::TraftInvalid);
+        // A peer served by another server is refused, not started on that one.
+        let mut other: *mut TraftServer = std::ptr::null_mut();
+        assert_eq!(
+            traft_server_start(addr.as_ptr(), &mut other),
+            TraftStatus::TraftOk
+        );
+        let elsewhere = CString::new(format!("127.0.0.1:{}:0", traft_server_port(other))).unwrap();
+        let st = traft_node_start(
+            server,
+            group.as_ptr(),
+            elsewhere.as_ptr(),
+            elsewhere.as_ptr(),
+            path.as_ptr(),
+            fsm,
+            200,
+            &mut node,
+        );
+        assert_eq!(st, TraftStatus::TraftInvalid);
+        traft_server_free(other);
         let st = traft_node_start(
             server,
             group.as_ptr(),
@@ -235,6 +254,11 @@ fn bad_arguments_are_invalid_and_a_node_runs_through_the_abi() {
     // SAFETY: a live handle and a 64-byte buffer.
     let n = unsafe { traft_node_leader(node, buf.as_mut_ptr(), buf.len()) };
     assert_eq!(n, peer.as_bytes().len());
+    // Too small a buffer: the length it needs (as snprintf), nothing written.
+    let mut small = [7 as c_char; 4];
+    // SAFETY: a live handle and a 4-byte buffer.
+    let need = unsafe { traft_node_leader(node, small.as_mut_ptr(), small.len()) };
+    assert_eq!((need, small), (n, [7; 4]));
     for i in 0..20u8 {
         // SAFETY: a live handle and one readable byte.
         let st = unsafe { traft_node_apply(node, &i, 1, Some(done), std::ptr::null_mut()) };

@@ -134,7 +134,8 @@ int main(int argc, char **argv) {
                     .on_snapshot_load = on_snapshot_load};
     TraftNode *node = start(server, peer, dir, fsm);
     char leader[64];
-    if (traft_node_leader(node, leader, sizeof leader) > 0) {
+    size_t n = traft_node_leader(node, leader, sizeof leader);
+    if (n > 0 && n < sizeof leader) {
         printf("leader is %s\n", leader);
     }
     increment(node, 10);
