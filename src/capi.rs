@@ -12,12 +12,12 @@
 //! is shut down. This is the only module besides the mmap and socket code with `unsafe`
 //! blocks, each one justified where it stands.
 
+mod boundary;
 mod deferred;
 mod fsm;
 
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::os::unix::ffi::OsStrExt;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -29,6 +29,7 @@ use crate::rpc::{Server, ServerOptions};
 use crate::snapshot::SnapshotWriter;
 use crate::state_machine::SnapshotDone;
 use crate::types::{Configuration, GroupId, PeerId};
+use boundary::{arg_node, arg_str, caught, completion, guarded};
 use deferred::{in_call, on_a_traft_thread, Deferred};
 use fsm::CStateMachine;
 
@@ -165,29 +166,6 @@ pub type TraftApplyDone = Option<
     unsafe extern "C" fn(ctx: *mut c_void, status: TraftStatus, response: *const u8, len: usize),
 >;
 
-/// Runs a C entry point's body, turning a panic into `TraftOther`.
-fn guarded(f: impl FnOnce() -> Result<(), RaftError>) -> TraftStatus {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(Ok(())) => TraftStatus::TraftOk,
-        Ok(Err(e)) => TraftStatus::from(&e),
-        Err(_) => TraftStatus::TraftOther,
-    }
-}
-
-/// Reads a C string argument.
-///
-/// # Safety
-/// `s` is null or points to a NUL-terminated string valid for the call.
-unsafe fn arg_str<'a>(s: *const c_char, what: &str) -> Result<&'a str, RaftError> {
-    if s.is_null() {
-        return Err(RaftError::invalid(format!("{what} is null")));
-    }
-    // SAFETY: non-null and NUL-terminated by the caller's contract.
-    let c = unsafe { CStr::from_ptr(s) };
-    c.to_str()
-        .map_err(|_| RaftError::invalid(format!("{what} is not UTF-8")))
-}
-
 /// Starts a server on `listen_addr` ("ip:port", port 0 for any) with traft's services, and
 /// stores its handle in `*out`.
 ///
@@ -222,11 +200,11 @@ pub unsafe extern "C" fn traft_server_start(
 /// `server` is null or a handle from `traft_server_start` not yet freed.
 #[no_mangle]
 pub unsafe extern "C" fn traft_server_port(server: *const TraftServer) -> u16 {
-    // SAFETY: null or a live handle by the caller's contract.
-    match unsafe { server.as_ref() } {
-        Some(s) => s.server.local_addr().port(),
-        None => 0,
-    }
+    caught(0, || {
+        // SAFETY: null or a live handle by the caller's contract.
+        let server = unsafe { server.as_ref() };
+        server.map_or(0, |s| s.server.local_addr().port())
+    })
 }
 
 /// Shuts the server down and frees its handle. Shut its nodes down first.
@@ -240,10 +218,11 @@ pub unsafe extern "C" fn traft_server_free(server: *mut TraftServer) {
     }
     // SAFETY: a handle made by `Box::into_raw` in traft_server_start, freed once.
     let s = unsafe { Box::from_raw(server) };
-    let _ = catch_unwind(AssertUnwindSafe(|| {
+    caught((), move || {
         NodeManager::global().remove_service(s.server.local_addr());
         s.server.shutdown();
-    }));
+        drop(s);
+    });
 }
 
 /// Starts a node of `group` as `peer` ("ip:port:idx", served by `server`) with the voters in
@@ -366,37 +345,6 @@ pub unsafe extern "C" fn traft_node_apply(
 pub type TraftDone =
     Option<unsafe extern "C" fn(ctx: *mut c_void, status: TraftStatus, value: u64)>;
 
-/// A Rust completion that calls the C one exactly once (if there is one), off the thread
-/// of the call that registered it.
-fn completion(
-    node: &TraftNode,
-    done: TraftDone,
-    ctx: *mut c_void,
-) -> impl FnOnce(Result<u64, RaftError>) + Send {
-    let ctx = ctx as usize; // carried to the completion thread as an integer
-    let deferred = node.deferred.clone();
-    move |r| {
-        let Some(done) = done else { return };
-        let (status, value) = match &r {
-            Ok(v) => (TraftStatus::TraftOk, *v),
-            Err(e) => (TraftStatus::from(e), 0),
-        };
-        deferred.complete(Box::new(move || {
-            // SAFETY: the completion and context the C side registered for this call.
-            unsafe { done(ctx as *mut c_void, status, value) };
-        }));
-    }
-}
-
-/// Reads a node handle argument.
-///
-/// # Safety
-/// `node` is null or a live handle.
-unsafe fn arg_node<'a>(node: *const TraftNode) -> Result<&'a TraftNode, RaftError> {
-    // SAFETY: null or a live handle by the caller's contract.
-    unsafe { node.as_ref() }.ok_or_else(|| RaftError::invalid("node is null"))
-}
-
 /// A linearizable read barrier: `done(ctx, status, applied)` runs once, on a traft thread
 /// (never inside this call): with `TRAFT_OK`, on the fsm thread, after this node (the
 /// leader) confirmed its leadership and its state machine applied every entry committed
@@ -427,8 +375,10 @@ pub unsafe extern "C" fn traft_node_read_index(
 /// `node` is null or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn traft_node_is_leader_lease_valid(node: *const TraftNode) -> i32 {
-    // SAFETY: null or a live handle by the caller's contract.
-    unsafe { node.as_ref() }.is_some_and(|n| n.node.is_leader_lease_valid()) as i32
+    caught(0, || {
+        // SAFETY: null or a live handle by the caller's contract.
+        unsafe { node.as_ref() }.is_some_and(|n| n.node.is_leader_lease_valid()) as i32
+    })
 }
 
 /// The membership and leadership operations, by name, for [`node_op`].
@@ -518,8 +468,10 @@ pub unsafe extern "C" fn traft_node_remove_peer(
 /// `node` is null or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn traft_node_is_leader(node: *const TraftNode) -> i32 {
-    // SAFETY: null or a live handle by the caller's contract.
-    unsafe { node.as_ref() }.is_some_and(|n| n.node.is_leader()) as i32
+    caught(0, || {
+        // SAFETY: null or a live handle by the caller's contract.
+        unsafe { node.as_ref() }.is_some_and(|n| n.node.is_leader()) as i32
+    })
 }
 
 /// Writes the known leader as "ip:port:idx" and a NUL into `buf` (at most `cap` bytes) and
@@ -539,7 +491,7 @@ pub unsafe extern "C" fn traft_node_leader(
     let Some(node) = (unsafe { node.as_ref() }) else {
         return 0;
     };
-    let Some(leader) = node.node.leader_id() else {
+    let Some(leader) = caught(None, || node.node.leader_id()) else {
         return 0;
     };
     let text = leader.to_string();
@@ -668,12 +620,14 @@ pub unsafe extern "C" fn traft_response_set(
     let Some(r) = (unsafe { response.as_mut() }) else {
         return;
     };
-    r.bytes.clear();
-    if len > 0 && !data.is_null() {
-        // SAFETY: `data` points to `len` readable bytes by the caller's contract.
-        r.bytes
-            .extend_from_slice(unsafe { std::slice::from_raw_parts(data, len) });
-    }
+    caught((), || {
+        r.bytes.clear();
+        if len > 0 && !data.is_null() && len <= isize::MAX as usize {
+            // SAFETY: `data` points to `len` readable bytes by the caller's contract.
+            r.bytes
+                .extend_from_slice(unsafe { std::slice::from_raw_parts(data, len) });
+        }
+    })
 }
 
 /// A static, NUL-terminated description of a status value (an int, so that any value C
