@@ -212,6 +212,42 @@ enum TraftStatus traft_node_remove_peer(const struct TraftNode *node,
                                         TraftDone done,
                                         void *ctx);
 
+// Moves the group to the voters `conf` ("ip:port:idx,...") by joint consensus (new voters
+// catch up first); `done` gets `TRAFT_OK` once `conf` is committed.
+//
+// # Safety
+// As for `traft_node_transfer_leader`, `conf` for `peer`.
+enum TraftStatus traft_node_change_peers(const struct TraftNode *node,
+                                         const char *conf,
+                                         TraftDone done,
+                                         void *ctx);
+
+// Forces this node's configuration to `conf` without consensus, for recovery when a
+// majority is lost for good (braft's `reset_peers`); unsafe if the lost peers come back.
+//
+// # Safety
+// As for `traft_node_change_peers`.
+enum TraftStatus traft_node_reset_peers(const struct TraftNode *node,
+                                        const char *conf,
+                                        TraftDone done,
+                                        void *ctx);
+
+// braft's `vote`: gives this node the election timeout `election_timeout_ms`, so that it
+// campaigns first once the leader is gone. `TRAFT_INVALID` for a timeout out of range.
+//
+// # Safety
+// `node` is null or a live handle.
+enum TraftStatus traft_node_vote(const struct TraftNode *node, uint64_t election_timeout_ms);
+
+// Writes a description of the node's state (one `key: value` line each for group, peer,
+// role, term, leader, configuration, log range, commit and applied indexes, ...) and a NUL
+// into `buf`, and returns its length without the NUL; a return of `cap` or more means `buf`
+// was too small (nothing written).
+//
+// # Safety
+// `node` is null or a live handle; `buf` points to `cap` writable bytes.
+size_t traft_node_status(const struct TraftNode *node, char *buf, size_t cap);
+
 // 1 if `node` leads its group now, else 0.
 //
 // # Safety

@@ -29,7 +29,7 @@ use crate::rpc::{Server, ServerOptions};
 use crate::snapshot::SnapshotWriter;
 use crate::state_machine::SnapshotDone;
 use crate::types::{Configuration, GroupId, PeerId};
-use boundary::{arg_node, arg_str, caught, completion, guarded};
+use boundary::{arg_node, arg_str, caught, completion, guarded, node_op, write_text, Op};
 use deferred::{in_call, on_a_traft_thread, Deferred};
 use fsm::CStateMachine;
 
@@ -60,23 +60,6 @@ pub enum TraftStatus {
     TraftTermMismatch = 9,
     /// Any other error.
     TraftOther = 99,
-}
-
-impl From<&RaftError> for TraftStatus {
-    fn from(e: &RaftError) -> TraftStatus {
-        match e {
-            RaftError::NotLeader { .. } => TraftStatus::TraftNotLeader,
-            RaftError::Busy => TraftStatus::TraftBusy,
-            RaftError::Stopped => TraftStatus::TraftStopped,
-            RaftError::Invalid { .. } | RaftError::Decode { .. } => TraftStatus::TraftInvalid,
-            RaftError::Timeout => TraftStatus::TraftTimeout,
-            RaftError::Io { .. } | RaftError::DirectoryLocked { .. } => TraftStatus::TraftIo,
-            RaftError::Corruption { .. } => TraftStatus::TraftCorruption,
-            RaftError::ErrorState { .. } => TraftStatus::TraftErrorState,
-            RaftError::TermMismatch { .. } => TraftStatus::TraftTermMismatch,
-            _ => TraftStatus::TraftOther,
-        }
-    }
 }
 
 /// A transport server with traft's services registered (opaque).
@@ -381,39 +364,6 @@ pub unsafe extern "C" fn traft_node_is_leader_lease_valid(node: *const TraftNode
     })
 }
 
-/// The membership and leadership operations, by name, for [`node_op`].
-enum Op {
-    Transfer,
-    AddPeer,
-    RemovePeer,
-}
-
-/// Runs `op` on `peer` ("ip:port:idx") with a C completion.
-///
-/// # Safety
-/// As for the public functions below.
-unsafe fn node_op(
-    node: *const TraftNode,
-    peer: *const c_char,
-    op: Op,
-    done: TraftDone,
-    ctx: *mut c_void,
-) -> TraftStatus {
-    guarded(|| {
-        // SAFETY: the caller's contract.
-        let (node, peer) = unsafe { (arg_node(node)?, arg_str(peer, "peer")?) };
-        let peer: PeerId = peer.parse()?;
-        let to_c = completion(node, done, ctx);
-        let complete = move |r: Result<(), RaftError>| to_c(r.map(|_| 0));
-        in_call(|| match op {
-            Op::Transfer => node.node.transfer_leadership_to(peer, complete),
-            Op::AddPeer => node.node.add_peer(peer, complete),
-            Op::RemovePeer => node.node.remove_peer(peer, complete),
-        });
-        Ok(())
-    })
-}
-
 /// Hands leadership to the voter `peer`; `done` gets `TRAFT_OK` once leadership left this
 /// node, `TRAFT_TIMEOUT` if `peer` did not take over within an election timeout.
 ///
@@ -462,6 +412,77 @@ pub unsafe extern "C" fn traft_node_remove_peer(
     unsafe { node_op(node, peer, Op::RemovePeer, done, ctx) }
 }
 
+/// Moves the group to the voters `conf` ("ip:port:idx,...") by joint consensus (new voters
+/// catch up first); `done` gets `TRAFT_OK` once `conf` is committed.
+///
+/// # Safety
+/// As for `traft_node_transfer_leader`, `conf` for `peer`.
+#[no_mangle]
+pub unsafe extern "C" fn traft_node_change_peers(
+    node: *const TraftNode,
+    conf: *const c_char,
+    done: TraftDone,
+    ctx: *mut c_void,
+) -> TraftStatus {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { node_op(node, conf, Op::ChangePeers, done, ctx) }
+}
+
+/// Forces this node's configuration to `conf` without consensus, for recovery when a
+/// majority is lost for good (braft's `reset_peers`); unsafe if the lost peers come back.
+///
+/// # Safety
+/// As for `traft_node_change_peers`.
+#[no_mangle]
+pub unsafe extern "C" fn traft_node_reset_peers(
+    node: *const TraftNode,
+    conf: *const c_char,
+    done: TraftDone,
+    ctx: *mut c_void,
+) -> TraftStatus {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { node_op(node, conf, Op::ResetPeers, done, ctx) }
+}
+
+/// braft's `vote`: gives this node the election timeout `election_timeout_ms`, so that it
+/// campaigns first once the leader is gone. `TRAFT_INVALID` for a timeout out of range.
+///
+/// # Safety
+/// `node` is null or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn traft_node_vote(
+    node: *const TraftNode,
+    election_timeout_ms: u64,
+) -> TraftStatus {
+    guarded(|| {
+        // SAFETY: the caller's contract.
+        let node = unsafe { arg_node(node) }?;
+        node.node.vote(election_timeout_ms)
+    })
+}
+
+/// Writes a description of the node's state (one `key: value` line each for group, peer,
+/// role, term, leader, configuration, log range, commit and applied indexes, ...) and a NUL
+/// into `buf`, and returns its length without the NUL; a return of `cap` or more means `buf`
+/// was too small (nothing written).
+///
+/// # Safety
+/// `node` is null or a live handle; `buf` points to `cap` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn traft_node_status(
+    node: *const TraftNode,
+    buf: *mut c_char,
+    cap: usize,
+) -> usize {
+    // SAFETY: null or a live handle by the caller's contract.
+    let Some(node) = (unsafe { node.as_ref() }) else {
+        return 0;
+    };
+    let text = caught(String::new(), || node.node.status().to_string());
+    // SAFETY: the caller's contract for `buf` and `cap`.
+    unsafe { write_text(&text, buf, cap) }
+}
+
 /// 1 if `node` leads its group now, else 0.
 ///
 /// # Safety
@@ -494,16 +515,8 @@ pub unsafe extern "C" fn traft_node_leader(
     let Some(leader) = caught(None, || node.node.leader_id()) else {
         return 0;
     };
-    let text = leader.to_string();
-    if buf.is_null() || text.len() + 1 > cap {
-        return text.len();
-    }
-    // SAFETY: `buf` has `cap >= len + 1` writable bytes by the caller's contract.
-    unsafe {
-        std::ptr::copy_nonoverlapping(text.as_ptr(), buf as *mut u8, text.len());
-        *buf.add(text.len()) = 0;
-    }
-    text.len()
+    // SAFETY: the caller's contract for `buf` and `cap`.
+    unsafe { write_text(&leader.to_string(), buf, cap) }
 }
 
 /// Stops the node, waits for it (its state machine gets `on_stop` with a null message) and

@@ -305,7 +305,33 @@ fn bad_arguments_are_invalid_and_a_node_runs_through_the_abi() {
         assert_eq!(st, TraftStatus::TraftInvalid);
         let st = traft_node_read_index(std::ptr::null(), None, std::ptr::null_mut());
         assert_eq!(st, TraftStatus::TraftInvalid);
+        // Status as text, vote, and the configuration calls (a bad conf is refused; the
+        // same single voter again commits).
+        let mut text = [0 as c_char; 1024];
+        let n = traft_node_status(node, text.as_mut_ptr(), text.len());
+        assert!(n > 0 && n < text.len());
+        let status = std::ffi::CStr::from_ptr(text.as_ptr()).to_str().unwrap();
+        assert!(status.contains("role: Leader"), "{status}");
+        assert_eq!(traft_node_vote(node, 5), TraftStatus::TraftInvalid);
+        assert_eq!(traft_node_vote(node, 300), TraftStatus::TraftOk);
+        let st = traft_node_change_peers(node, bad.as_ptr(), None, std::ptr::null_mut());
+        assert_eq!(st, TraftStatus::TraftInvalid);
+        READ_STATUS.store(-1, Ordering::SeqCst);
+        let st =
+            traft_node_change_peers(node, peer.as_ptr(), Some(read_done), std::ptr::null_mut());
+        assert_eq!(st, TraftStatus::TraftOk);
     }
+    while READ_STATUS.load(Ordering::SeqCst) == -1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "change_peers did not complete"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(
+        READ_STATUS.load(Ordering::SeqCst),
+        TraftStatus::TraftOk as i32
+    );
     // A task the node refuses at once (over the 1 MiB entry limit) still completes on a
     // traft thread, never on the caller's inside the call (a caller holding a lock its
     // completion takes would deadlock).
