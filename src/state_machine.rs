@@ -21,6 +21,23 @@ pub type ApplyDone = Box<dyn FnOnce(Result<Bytes>) + Send>;
 /// Completion of a user-visible operation that returns nothing.
 pub type Done = Box<dyn FnOnce(Result<()>) + Send>;
 
+/// Runs each of `dones` with `error`, every one of them even if one panics (a user bug must
+/// not leave the others waiting forever, nor reach the caller mid-loop). Returns how many
+/// panicked; the caller decides what a panic means where it stands.
+pub(crate) fn fail_each<T>(
+    dones: impl IntoIterator<Item = Box<dyn FnOnce(Result<T>) + Send>>,
+    error: &RaftError,
+) -> usize {
+    let mut panicked = 0;
+    for done in dones {
+        let e = error.clone();
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || done(Err(e)))).is_err() {
+            panicked += 1;
+        }
+    }
+    panicked
+}
+
 /// Who leads, from a follower's point of view.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaderChangeContext {

@@ -211,6 +211,64 @@ fn an_oversized_task_is_invalid_and_a_full_apply_queue_is_busy() {
     });
 }
 
+/// A task whose entry is committed when the node shuts down is applied and completed with its
+/// response, not reported `Stopped` (a client retrying a `Stopped` write would apply it twice).
+#[test]
+fn shutdown_completes_committed_tasks_with_their_result_not_stopped() {
+    let c = Cluster::start("shutdown_committed", ClusterOptions::new(1));
+    c.wait_leader(election_bound());
+    c.members[0].kv.0.lock().hold_apply = true;
+    let waiters: Vec<_> = (0..20)
+        .map(|i| {
+            let (task, w) = Task::waitable(Bytes::from(format!("held{i}")));
+            c.node(0).apply(task);
+            w
+        })
+        .collect();
+    c.wait("all 20 are committed, none applied", WITHIN, || {
+        c.node(0).status().commit_index >= 21
+    });
+    c.node(0).shutdown();
+    c.members[0].kv.0.lock().hold_apply = false;
+    c.node(0).join();
+    for (i, w) in waiters.into_iter().enumerate() {
+        let r = w.wait_timeout(WITHIN);
+        assert!(r.is_ok(), "task {i} was committed, yet: {r:?}");
+    }
+    assert_eq!(c.members[0].kv.len(), 20);
+}
+
+/// A snapshot requested before the node enters its error state is answered then, not at
+/// shutdown (a `snapshot_wait` caller would block until someone shut the node down).
+#[test]
+fn the_error_state_fails_a_pending_snapshot_request_at_once() {
+    use traft::fs::{FaultKind, FaultOp, FaultRule};
+    let c = Cluster::start("error_fails_snapshot", ClusterOptions::new(1));
+    c.wait_leader(election_bound());
+    c.apply(Bytes::from_static(b"first"), WITHIN);
+    // The state machine is busy, so the save waits behind it; then the log's disk fails.
+    c.members[0].kv.0.lock().hold_apply = true;
+    c.node(0)
+        .apply(Task::new(Bytes::from_static(b"held"), |_| {}));
+    c.wait("the state machine is held", WITHIN, || {
+        c.members[0].kv.0.lock().holding
+    });
+    let (tx, rx) = crossbeam::channel::bounded(1);
+    c.node(0).snapshot(move |r| {
+        let _ = tx.send(r);
+    });
+    c.fs.inject(FaultRule::new(FaultOp::Sync, FaultKind::Eio).on_path("n0/log"));
+    c.node(0)
+        .apply(Task::new(Bytes::from_static(b"fails"), |_| {}));
+    let answer = rx.recv_timeout(WITHIN);
+    c.members[0].kv.0.lock().hold_apply = false;
+    assert!(
+        matches!(answer, Ok(Err(RaftError::ErrorState { .. }))),
+        "{answer:?}\n{}",
+        c.describe()
+    );
+}
+
 #[test]
 fn shutdown_fails_unfinished_tasks_with_stopped_and_the_directory_can_be_reused() {
     let mut c = Cluster::start("shutdown_stops", ClusterOptions::new(3));

@@ -62,8 +62,10 @@ impl ClosureQueue {
     }
 
     /// Fails every completion of an entry after `committed_index` with `error` (leadership
-    /// lost: those entries may or may not commit later).
-    pub fn fail_after(&self, committed_index: u64, error: &RaftError) {
+    /// lost, shutdown, error state: those entries may or may not commit later; the committed
+    /// ones are completed by the FSMCaller when it applies them). Each runs even if another
+    /// panics; returns how many panicked.
+    pub fn fail_after(&self, committed_index: u64, error: &RaftError) -> usize {
         let failed: Vec<ApplyDone> = {
             let mut q = self.pending.lock();
             let keep = q
@@ -72,15 +74,13 @@ impl ClosureQueue {
                 .count();
             q.drain(keep..).map(|(_, d)| d).collect()
         };
-        for done in failed {
-            done(Err(error.clone()));
-        }
+        crate::state_machine::fail_each(failed, error)
     }
 
-    /// Fails every completion with `error` (shutdown, error state). Log indexes start at 1,
-    /// so every queued entry is after index 0.
-    pub fn fail_all(&self, error: &RaftError) {
-        self.fail_after(0, error);
+    /// Fails every completion with `error` (the state machine stopped or failed: nothing
+    /// more is applied here). Log indexes start at 1, so every queued entry is after index 0.
+    pub fn fail_all(&self, error: &RaftError) -> usize {
+        self.fail_after(0, error)
     }
 
     /// Completions waiting.

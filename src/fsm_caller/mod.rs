@@ -324,9 +324,8 @@ impl Driver {
             slog::error!(self.opts.logger, "state machine panicked in on_shutdown");
         }
         self.opts.closures.fail_all(&RaftError::Stopped);
-        for done in std::mem::take(&mut self.reads).into_values().flatten() {
-            done(Err(RaftError::Stopped));
-        }
+        let reads = std::mem::take(&mut self.reads).into_values().flatten();
+        crate::state_machine::fail_each(reads, &RaftError::Stopped);
     }
 
     /// Applies committed entries after the last applied one, up to `to`.
@@ -383,8 +382,10 @@ impl Driver {
         }
         self.flush_batch();
         let reason = RaftError::NotLeader { leader: None };
-        for done in stale {
-            done(Err(reason.clone()));
+        if crate::state_machine::fail_each(stale, &reason) > 0 {
+            self.enter_error(RaftError::ErrorState {
+                reason: "a completion panicked".into(),
+            });
         }
     }
 

@@ -21,8 +21,10 @@ pub struct Task {
     pub data: Bytes,
     /// Completed once: with the state machine's response when the entry is applied on this
     /// node, or with the error that kept it from being committed (`NotLeader { leader }`,
-    /// `TermMismatch`, `Busy`, `Stopped`, `Invalid`). `NotLeader` after the task was
-    /// accepted means the outcome is unknown: the entry may still commit under a new leader.
+    /// `TermMismatch`, `Busy`, `Stopped`, `ErrorState`, `Invalid`). An entry committed while
+    /// this node leads is always completed with its response, even across a shutdown.
+    /// `NotLeader`, `Stopped` or `ErrorState` after the task was accepted means the outcome
+    /// is unknown: its entry may still commit under a new leader.
     pub done: Option<ApplyDone>,
     /// Refuse the task with `TermMismatch` unless the leader is in exactly this term
     /// (braft's `expected_term`: a client that read state at term T writes only in term T).

@@ -25,9 +25,8 @@ use crate::core::{Action, Event, HardState, Role, TimerKind};
 use crate::error::RaftError;
 use crate::exec_queue::Batch;
 use crate::fsm_caller::ReadDone;
-use crate::rpc::Method;
 use crate::snapshot::SnapshotMeta;
-use crate::state_machine::{Done, LeaderChangeContext};
+use crate::state_machine::{fail_each, Done, LeaderChangeContext};
 use crate::types::{Configuration, EntryType, LogEntry, LogId, PeerId};
 
 /// How long a one-way Raft message may wait for its transport acknowledgement before the
@@ -162,18 +161,17 @@ pub(crate) struct ShellState {
 
 impl ShellState {
     /// Fails every request still waiting on the core.
+    /// Fails every waiting read, transfer, membership change and snapshot request, each even
+    /// if another's completion panics.
     fn fail_requests(&mut self, error: &RaftError) {
         let reads = self
             .reads
             .drain(..)
             .chain(self.reads_asked.drain().flat_map(|(_, v)| v));
-        reads.for_each(|d| d(Err(error.clone())));
-        self.transfers
-            .drain()
-            .for_each(|(_, d)| d(Err(error.clone())));
-        self.changes
-            .drain()
-            .for_each(|(_, d)| d(Err(error.clone())));
+        fail_each(reads, error);
+        fail_each(self.transfers.drain().map(|(_, d)| d), error);
+        fail_each(self.changes.drain().map(|(_, d)| d), error);
+        fail_each(self.saving.drain(..), error);
     }
 }
 
@@ -204,14 +202,8 @@ impl Shell<'_> {
     fn run(&mut self, batch: &mut Batch<'_, NodeEvent>) {
         if batch.is_stopped() {
             let stopped = RaftError::Stopped;
-            self.st
-                .proposals
-                .drain(..)
-                .for_each(|t| t.fail(stopped.clone()));
-            self.st
-                .saving
-                .drain(..)
-                .for_each(|d| d(Err(stopped.clone())));
+            let proposed = self.st.proposals.drain(..).filter_map(|t| t.into_parts().1);
+            fail_each(proposed, &stopped);
             self.st.fail_requests(&stopped);
             return;
         }
@@ -553,7 +545,7 @@ impl Shell<'_> {
             from: self.shared.peer,
             to,
         };
-        let method = method_of(msg);
+        let method = wire::method_of(msg);
         let weak = Arc::downgrade(self.shared);
         parts.server.call(
             &parts.caller,
@@ -639,12 +631,18 @@ impl Shell<'_> {
                 };
                 self.step(parts, ev, Ctx::None);
             }
-            // A failed sync is fatal (DESIGN section 5): never retried and then trusted.
-            Err(e) if e.is_sync_failure() => self.enter_error(parts, e.clone()),
             Err(e) => slog::warn!(self.shared.logger(), "snapshot failed"; "error" => %e),
         }
-        for done in self.st.saving.drain(..) {
-            done(result.as_ref().map(|_| ()).map_err(Clone::clone));
+        let waiting = std::mem::take(&mut self.st.saving);
+        match &result {
+            Ok(_) => waiting.into_iter().for_each(|done| done(Ok(()))),
+            Err(e) => {
+                fail_each(waiting, e);
+                // A failed sync is fatal (DESIGN section 5): never retried and then trusted.
+                if e.is_sync_failure() {
+                    self.enter_error(parts, e.clone());
+                }
+            }
         }
     }
 
@@ -673,28 +671,21 @@ impl Shell<'_> {
         }
         slog::error!(self.shared.logger(), "node enters its error state"; "error" => %error);
         parts.timers.stop_all();
+        if let Some(t) = &parts.snapshot_timer {
+            t.stop();
+        }
         parts.replicators.stop();
         let failure = RaftError::ErrorState {
             reason: error.to_string(),
         };
-        self.st
-            .proposals
-            .drain(..)
-            .for_each(|t| t.fail(failure.clone()));
-        parts.closures.fail_all(&failure);
+        let proposed = self.st.proposals.drain(..).filter_map(|t| t.into_parts().1);
+        fail_each(proposed, &failure);
+        // Entries already committed are still applied, and completed, by the state machine
+        // (it gets on_error after them); failing them here would report a committed write
+        // as failed.
+        let committed = self.shared.with_core(|c| c.commit_index()).unwrap_or(0);
+        parts.closures.fail_after(committed, &failure);
         self.st.fail_requests(&failure);
         let _ = parts.fsm.on_error(error);
-    }
-}
-
-/// The RaftService method a message travels as.
-pub(crate) fn method_of(msg: &Message) -> Method {
-    match msg {
-        Message::VoteRequest(m) if m.pre_vote => Method::PreVote,
-        Message::VoteResponse(m) if m.pre_vote => Method::PreVote,
-        Message::VoteRequest(_) | Message::VoteResponse(_) => Method::RequestVote,
-        Message::AppendEntries(_) | Message::AppendEntriesResponse(_) => Method::AppendEntries,
-        Message::TimeoutNow(_) => Method::TimeoutNow,
-        Message::InstallSnapshot(_) => Method::InstallSnapshot,
     }
 }

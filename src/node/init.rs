@@ -635,7 +635,9 @@ pub(crate) fn shutdown(shared: &Arc<NodeShared>) {
             t.stop();
         }
         parts.replicators.stop();
-        parts.closures.fail_all(&RaftError::Stopped);
+        // Committed entries are applied (and completed) before the state machine stops.
+        let committed = shared.with_core(|c| c.commit_index()).unwrap_or(0);
+        parts.closures.fail_after(committed, &RaftError::Stopped);
     }
     match shared.events.get() {
         Some(q) => q.stop(),

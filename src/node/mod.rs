@@ -229,8 +229,9 @@ impl Node {
     }
 
     /// Stops the node: timers, replicators and queues stop; tasks not yet committed fail
-    /// with `Stopped`; the state machine gets `on_shutdown`. Returns at once; [`Node::join`]
-    /// waits for the end. Idempotent.
+    /// with `Stopped` (committed ones are applied and complete with their response first);
+    /// the state machine gets `on_shutdown`. Returns at once; [`Node::join`] waits for the
+    /// end. Idempotent.
     pub fn shutdown(&self) {
         init::shutdown(&self.shared);
     }

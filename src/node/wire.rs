@@ -12,6 +12,7 @@ use bytes::Bytes;
 
 use crate::core::message::{AppendEntriesRequest, AppendHeader, EntryMeta, Message};
 use crate::error::{RaftError, Result};
+use crate::rpc::Method;
 use crate::types::codec::{put_u32, Reader};
 use crate::types::{Configuration, EntryType, GroupId, LogEntry, PeerId};
 
@@ -144,6 +145,18 @@ pub fn misdirected(env: &Envelope, reason: &str) -> RaftError {
         "message for {}:{} from {}: {reason}",
         env.group, env.to, env.from
     ))
+}
+
+/// The RaftService method a message travels as.
+pub(crate) fn method_of(msg: &Message) -> Method {
+    match msg {
+        Message::VoteRequest(m) if m.pre_vote => Method::PreVote,
+        Message::VoteResponse(m) if m.pre_vote => Method::PreVote,
+        Message::VoteRequest(_) | Message::VoteResponse(_) => Method::RequestVote,
+        Message::AppendEntries(_) | Message::AppendEntriesResponse(_) => Method::AppendEntries,
+        Message::TimeoutNow(_) => Method::TimeoutNow,
+        Message::InstallSnapshot(_) => Method::InstallSnapshot,
+    }
 }
 
 #[cfg(test)]

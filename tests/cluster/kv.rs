@@ -37,6 +37,10 @@ pub struct KvState {
     pub hold_leader_start: bool,
     /// While set, `on_snapshot_load` fails (a state machine that cannot take a snapshot).
     pub fail_load: bool,
+    /// While set, `on_apply` waits before its batch: committed entries queue up unapplied.
+    pub hold_apply: bool,
+    /// True while `on_apply` waits on `hold_apply`.
+    pub holding: bool,
 }
 
 /// Shared view of one node's state machine.
@@ -104,6 +108,11 @@ fn decode(mut b: &[u8]) -> Option<Vec<(u64, Bytes)>> {
 
 impl StateMachine for KvSm {
     fn on_apply(&mut self, iter: &mut Iter<'_>) {
+        while self.h.0.lock().hold_apply {
+            self.h.0.lock().holding = true;
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        self.h.0.lock().holding = false;
         for mut e in iter {
             let mut st = self.h.0.lock();
             if st.panic_on.as_ref() == Some(&e.data) {
