@@ -187,6 +187,12 @@ impl<T: Send + 'static> ExecQueue<T> {
         }
     }
 
+    /// True once the queue stopped and its final consumer call returned (what `join` waits
+    /// for).
+    pub fn is_finished(&self) -> bool {
+        *self.inner.finished.lock()
+    }
+
     /// True once stop was requested.
     pub fn is_stopped(&self) -> bool {
         self.inner.queue.is_stopped()

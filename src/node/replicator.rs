@@ -61,6 +61,10 @@ pub(crate) struct ReplicatorGroup {
     env: Arc<ReplicatorEnv>,
     /// Invariant: `Some` exactly while this node leads (between `start` and `stop`).
     active: Mutex<Option<HashMap<PeerId, Replicator>>>,
+    /// Queues stopped at a step-down that may still be running their last sends: `join`
+    /// waits for them (they read the log and write to peers). Finished ones are dropped at
+    /// each stop. Never held together with `active`.
+    stopping: Mutex<Vec<ExecQueue<AppendSend>>>,
 }
 
 impl ReplicatorGroup {
@@ -69,6 +73,7 @@ impl ReplicatorGroup {
         ReplicatorGroup {
             env: Arc::new(env),
             active: Mutex::new(None),
+            stopping: Mutex::new(Vec::new()),
         }
     }
 
@@ -82,11 +87,15 @@ impl ReplicatorGroup {
         }
     }
 
-    /// Stops every replicator (stepped down, error, shutdown). Queued sends are dropped.
+    /// Stops every replicator (stepped down, error, shutdown): sends already queued still
+    /// go out (old-term frames the peers refuse), later ones are refused.
     pub fn stop(&self) {
         let reps = self.active.lock().take();
+        let mut stopping = self.stopping.lock();
+        stopping.retain(|q| !q.is_finished());
         for rep in reps.into_iter().flat_map(HashMap::into_values) {
             rep.queue.stop();
+            stopping.push(rep.queue);
         }
     }
 
@@ -130,12 +139,13 @@ impl ReplicatorGroup {
         out
     }
 
-    /// Stops the replicators and waits for their queues (shutdown).
+    /// Stops the replicators and waits for their queues, those stopped before included
+    /// (shutdown): nothing reads the log or sends for this node after it returns.
     pub fn join(&self) {
-        let reps = self.active.lock().take();
-        for rep in reps.into_iter().flat_map(HashMap::into_values) {
-            rep.queue.stop();
-            rep.queue.join();
+        self.stop();
+        let stopping = std::mem::take(&mut *self.stopping.lock());
+        for queue in stopping {
+            queue.join();
         }
     }
 }
