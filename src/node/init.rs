@@ -592,7 +592,7 @@ fn step14_snapshot_timer(cx: &mut Ctx<'_>, parts: &Arc<Parts>) {
 fn steps15_to_17_start(cx: &Ctx<'_>, conf: &Configuration) -> Result<()> {
     let shared = cx.shared;
     let alone = conf.is_stable() && conf.voters().len() == 1 && conf.is_voter(&shared.peer);
-    shared.set_state(Lifecycle::Active);
+    shared.activate().then_some(()).ok_or(RaftError::Stopped)?; // a shutdown came first
     if !conf.is_empty() && !alone {
         shared.submit(NodeEvent::Start);
         trace(shared, 15, "step_down: follower, election timer armed");

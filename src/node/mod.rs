@@ -144,6 +144,19 @@ impl NodeShared {
         self.parts.lock().take()
     }
 
+    /// New -> Active at the end of init, unless a `shutdown` came first: then false, and the
+    /// node stays shutting down (init undoes itself).
+    pub(crate) fn activate(&self) -> bool {
+        let mut st = self.state.lock();
+        if *st != Lifecycle::New {
+            return false;
+        }
+        self.active
+            .store(true, std::sync::atomic::Ordering::Release);
+        *st = Lifecycle::Active;
+        true
+    }
+
     /// Moves the lifecycle, keeping `active` in step. Lock order: state -> (nothing).
     pub(crate) fn set_state(&self, next: Lifecycle) {
         let mut st = self.state.lock();
