@@ -284,14 +284,17 @@ impl SnapshotIoState {
         }
     }
 
-    /// The queue stops: a copy in progress is dropped (its directory is removed at the next
-    /// open of the storage); the node is going away, so nobody waits for its outcome.
+    /// The queue stops (the node is being joined, after its state machine): a copy in
+    /// progress is dropped (its directory is removed at the next open of the storage), and
+    /// the storage refuses later commits, such as a save a state machine finishes from its
+    /// own thread after the join.
     pub(crate) fn stop(&mut self) {
         if let Some(copy) = self.copy.take() {
             if let Some(w) = copy.writer {
                 let _ = w.abort();
             }
         }
+        self.storage.close();
     }
 
     fn start(&mut self, from: PeerId, last: LogId, conf: Configuration) {

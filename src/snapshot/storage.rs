@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use slog::Logger;
 
 use super::meta::{check_file_name, SnapshotFile, SnapshotMeta, META_BYTES_MAX, META_FILE};
@@ -35,6 +35,11 @@ pub struct SnapshotStorage {
     /// The sync failure that ended this storage's commits: after it a snapshot directory
     /// may exist without being durable, and a later commit must not take it for one.
     failed: Mutex<Option<RaftError>>,
+    /// Commits running, and whether [`SnapshotStorage::close`] was called: a state machine
+    /// may finish a save from its own thread after its node was joined, and must not write
+    /// into a directory another node may own by then.
+    gate: Mutex<(usize, bool)>,
+    gate_idle: Condvar,
 }
 
 /// A snapshot being written: the user puts files in [`SnapshotWriter::path`].
@@ -87,6 +92,8 @@ impl SnapshotStorage {
             logger,
             last: Mutex::new(None),
             failed: Mutex::new(None),
+            gate: Mutex::new((0, false)),
+            gate_idle: Condvar::new(),
         })
     }
 
@@ -138,7 +145,23 @@ impl SnapshotStorage {
             let _ = writer.abort();
             return Err(e);
         }
+        {
+            let mut gate = self.gate.lock();
+            if gate.1 {
+                drop(gate);
+                let _ = writer.abort();
+                return Err(RaftError::Stopped);
+            }
+            gate.0 += 1;
+        }
         let result = self.commit_synced(writer, last_included, conf);
+        {
+            let mut gate = self.gate.lock();
+            gate.0 -= 1;
+            if gate.0 == 0 {
+                self.gate_idle.notify_all();
+            }
+        }
         if let Err(e) = &result {
             if e.is_sync_failure() {
                 slog::error!(self.logger, "a snapshot sync failed; no further snapshot commits";
@@ -147,6 +170,16 @@ impl SnapshotStorage {
             }
         }
         result
+    }
+
+    /// Refuses every later commit (`Stopped`) and waits for the ones running: after it
+    /// returns, this storage writes nothing more (its node is joined).
+    pub fn close(&self) {
+        let mut gate = self.gate.lock();
+        gate.1 = true;
+        while gate.0 > 0 {
+            self.gate_idle.wait(&mut gate);
+        }
     }
 
     /// The sync failure that stopped this storage's commits, if one happened.

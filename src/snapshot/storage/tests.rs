@@ -123,6 +123,24 @@ fn a_failed_directory_sync_ends_commits_and_a_retry_is_not_taken_for_durable() {
 }
 
 #[test]
+fn a_closed_storage_refuses_commits_and_leaves_the_directory_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(RealFs::shared(), dir.path());
+    save(&s, 10, b"old").unwrap();
+    // A save the state machine finishes from its own thread after its node was joined.
+    let mut late = s.create_writer().unwrap();
+    late.write_file("state", b"late").unwrap();
+    s.close();
+    let err = s.commit(late, LogId::new(20, 2), conf()).unwrap_err();
+    assert!(matches!(err, RaftError::Stopped), "{err}");
+    assert_eq!(s.newest().unwrap().unwrap().meta().last_included.index, 10);
+    assert!(
+        !dir.path().join("snapshot").join(TEMP_DIR).exists(),
+        "the late writer is removed"
+    );
+}
+
+#[test]
 fn a_full_disk_mid_save_is_an_error_and_the_old_snapshot_stays_usable() {
     let dir = tempfile::tempdir().unwrap();
     let ffs = FaultFs::new(dir.path(), 1).unwrap();
