@@ -1,6 +1,7 @@
 //! `Node::init`, written as the 17 numbered steps of DESIGN.md section 4 (braft's
 //! NodeImpl::init), each a call recorded in the init trace; a failing step undoes what the
-//! steps before it started, in reverse order, and returns its error. Also shutdown and join.
+//! steps before it started, in reverse order, and returns its error (a panicking step too).
+//! Shutdown and join are in lifecycle.rs.
 //!
 //! Runs on the caller's thread. Step 8 blocks it while the state machine loads its snapshot
 //! on the fsm pool; nothing else here waits.
@@ -114,7 +115,13 @@ impl Node {
             self.shared.set_logger(parent);
         }
         let mut undo = Undo::default();
-        match init_steps(&self.shared, opts, &mut undo) {
+        // A panic in a step (a bug, or the user's state machine) is undone like an error,
+        // so that nothing it started keeps running.
+        let steps = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            init_steps(&self.shared, opts, &mut undo)
+        }));
+        let reason = "init panicked".to_string();
+        match steps.unwrap_or(Err(RaftError::ErrorState { reason })) {
             Ok(()) => Ok(()),
             Err(e) => {
                 slog::error!(self.shared.logger(), "init failed; undoing"; "error" => %e);
@@ -122,7 +129,7 @@ impl Node {
                 self.shared.set_state(Lifecycle::ShuttingDown);
                 drop(self.shared.take_parts());
                 self.shared.joining.store(true, Ordering::Release);
-                mark_joined(&self.shared);
+                super::lifecycle::mark_joined(&self.shared);
                 Err(e)
             }
         }
@@ -617,84 +624,4 @@ struct Unset;
 
 impl crate::state_machine::StateMachine for Unset {
     fn on_apply(&mut self, _iter: &mut crate::state_machine::Iter<'_>) {}
-}
-
-/// Stops everything the node runs without waiting: timers, replicators and the node's queue
-/// stop; tasks not yet committed fail with `Stopped`. The waiting is in [`join`].
-pub(crate) fn shutdown(shared: &Arc<NodeShared>) {
-    let was = shared.state.lock().clone();
-    if was == Lifecycle::ShuttingDown {
-        return;
-    }
-    shared.set_state(Lifecycle::ShuttingDown);
-    slog::info!(shared.logger(), "shutting down");
-    NodeManager::global().remove(&shared.group, &shared.peer);
-    if let Some(parts) = shared.parts() {
-        parts.timers.stop_all();
-        if let Some(t) = &parts.snapshot_timer {
-            t.stop();
-        }
-        parts.replicators.stop();
-        // Committed entries are applied (and completed) before the state machine stops.
-        let committed = shared.with_core(|c| c.commit_index()).unwrap_or(0);
-        parts.closures.fail_after(committed, &RaftError::Stopped);
-    }
-    match shared.events.get() {
-        Some(q) => q.stop(),
-        None => mark_joined(shared),
-    }
-}
-
-/// Waits for every queue of a shut-down node, then drops its components (releasing the data
-/// directory). The first caller does the work; others wait for it. Must not be called from
-/// a callback running on one of the node's own queues.
-pub(crate) fn join(shared: &Arc<NodeShared>) {
-    if !shared.joining.swap(true, Ordering::AcqRel) {
-        if let Some(q) = shared.events.get() {
-            q.join();
-        }
-        if let Some(parts) = shared.take_parts() {
-            if let Some(t) = &parts.snapshot_timer {
-                t.destroy();
-            }
-            parts.replicators.join();
-            parts.fsm.shutdown();
-            parts.fsm.join();
-            parts.log.shutdown();
-            parts.log.join();
-            parts.meta.stop();
-            parts.meta.join();
-            parts.snapshot_io.stop();
-            parts.snapshot_io.join();
-            parts.caller_queue.stop();
-            parts.caller_queue.join();
-            wait_unshared(parts);
-        }
-        mark_joined(shared);
-    }
-    let mut done = shared.shut_down.lock();
-    while !*done {
-        shared.joined.wait(&mut done);
-    }
-}
-
-fn mark_joined(shared: &NodeShared) {
-    shared.pending_applies.store(0, Ordering::Release);
-    *shared.shut_down.lock() = true;
-    shared.joined.notify_all();
-}
-
-/// Drops `parts` once no queue holds it any more (they were all joined, so briefly).
-fn wait_unshared(mut parts: Arc<Parts>) {
-    for _ in 0..1000 {
-        match Arc::try_unwrap(parts) {
-            Ok(p) => return drop(p),
-            Err(p) => parts = p,
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    debug_assert!(
-        false,
-        "node parts still shared 1 s after every queue was joined"
-    );
 }

@@ -18,6 +18,7 @@ mod event;
 mod glue;
 mod init;
 mod install;
+mod lifecycle;
 pub mod options;
 mod replicator;
 mod status;
@@ -246,14 +247,14 @@ impl Node {
     /// the state machine gets `on_shutdown`. Returns at once; [`Node::join`] waits for the
     /// end. Idempotent.
     pub fn shutdown(&self) {
-        init::shutdown(&self.shared);
+        lifecycle::shutdown(&self.shared);
     }
 
     /// Waits until [`Node::shutdown`] has finished: every queue drained and stopped, the
     /// data directory unlocked (so a new node can be initialized from it). Call it from a
     /// thread of your own, not from a state machine callback.
     pub fn join(&self) {
-        init::join(&self.shared);
+        lifecycle::join(&self.shared);
     }
 
     /// Saves a snapshot of the state machine now and compacts the log behind it (keeping
