@@ -26,12 +26,14 @@ fn a_single_node_elects_itself_at_init_and_applies() {
 #[test]
 fn three_nodes_elect_exactly_one_leader_within_the_election_bound() {
     let c = Cluster::start("three_nodes_elect_one", ClusterOptions::new(3));
-    let l = c.wait_leader(election_bound());
+    c.wait_leader(election_bound());
     c.apply(Bytes::from_static(b"x"), Duration::from_secs(5));
     c.wait("all apply the entry", Duration::from_secs(5), || {
         c.members.iter().all(|m| m.kv.len() == 1)
     });
-    assert_eq!(c.leaders(), vec![l]);
+    // One leader that every member follows (again within the bound: on a loaded machine a
+    // stalled heartbeat may legitimately move leadership meanwhile; CI once saw it).
+    c.wait_leader(election_bound());
 }
 
 fn b(s: String) -> Bytes {
