@@ -154,6 +154,8 @@ pub struct Decoder {
     /// stream of bulk frames takes one read per frame, and small messages clear little.
     last_frame_len: usize,
     frame_bytes_max: usize,
+    /// Read buffers allocated so far (each allocation copies the partial frame it takes on).
+    buffers_made: u64,
 }
 
 impl Decoder {
@@ -164,6 +166,7 @@ impl Decoder {
             header: None,
             last_frame_len: 0,
             frame_bytes_max: frame_bytes_max.max(FRAME_BYTES_MAX_MIN),
+            buffers_made: 0,
         }
     }
 
@@ -177,6 +180,11 @@ impl Decoder {
         !self.buf.is_empty()
     }
 
+    /// Read buffers allocated so far (for tests: each one copies the partial frame).
+    pub fn buffers_made(&self) -> u64 {
+        self.buffers_made
+    }
+
     /// Capacity of the current read buffer (for tests of the allocation bound).
     pub fn capacity(&self) -> usize {
         self.buf.capacity()
@@ -187,19 +195,27 @@ impl Decoder {
         self.header.map_or(HEADER_LEN, |h| h.frame_len())
     }
 
-    /// Makes room for the next read: at least the rest of the current frame, and at least
-    /// [`READ_SPACE_MIN`]. A new buffer holds exactly the current frame when it is larger than
-    /// [`READ_CHUNK`], else one chunk; bytes already received move into it (at most one
-    /// partial frame, which also never exceeds the maximum).
+    /// Makes room for the next read: the rest of the current frame once its header is known
+    /// (a buffer sized to the frame always has it, so a frame's tail arriving in small reads
+    /// never moves it again), else at least [`READ_SPACE_MIN`]. A new buffer holds exactly
+    /// the current frame when it is larger than [`READ_CHUNK`], else one chunk; bytes already
+    /// received move into it (at most one partial frame, which also never exceeds the
+    /// maximum).
     fn reserve(&mut self) {
         let len = self.buf.len();
         let wanted = self.frame_wanted();
         let spare = self.buf.capacity() - len;
-        let need = wanted.saturating_sub(len).max(READ_SPACE_MIN);
+        let need = match self.header {
+            Some(_) if len < wanted => wanted - len,
+            _ => wanted.saturating_sub(len).max(READ_SPACE_MIN),
+        };
         if spare >= need {
             return;
         }
-        let cap = wanted.max(READ_CHUNK);
+        self.buffers_made += 1;
+        // Room for what is here plus what is needed: a buffer of exactly `len` bytes would
+        // offer the next read nothing, which reads as end of stream.
+        let cap = wanted.max(READ_CHUNK).max(len + need);
         debug_assert!(cap <= self.frame_bytes_max.max(READ_CHUNK));
         let mut fresh = BytesMut::with_capacity(cap);
         fresh.extend_from_slice(&self.buf);

@@ -158,6 +158,56 @@ fn a_header_announcing_a_huge_frame_costs_one_read_window_not_the_frame() {
     assert_eq!(d.buffered(), HEADER_LEN, "nothing arrived, nothing kept");
 }
 
+/// Hands out its bytes `step` at a time, then says WouldBlock.
+struct Trickle {
+    bytes: Vec<u8>,
+    at: usize,
+    step: usize,
+}
+
+impl std::io::Read for Trickle {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.step.min(buf.len()).min(self.bytes.len() - self.at);
+        if n == 0 {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        buf[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_large_frames_tail_in_small_reads_never_moves_its_buffer_again() {
+    let body = vec![3u8; 1 << 20];
+    let bytes = encode_frame(&header(Method::AppendEntries, 1, body.len() as u32), &body);
+    let mut d = Decoder::new(4 << 20);
+    let tail = bytes.len() - 4096;
+    // As a connection reads: the header is parsed as soon as it is in, so the buffer is
+    // sized to the frame.
+    d.feed(&bytes[..100]);
+    assert!(d.next_frame().unwrap().is_none());
+    d.feed(&bytes[100..tail]);
+    assert!(d.next_frame().unwrap().is_none());
+    let made = d.buffers_made();
+    let mut src = Trickle {
+        bytes: bytes[tail..].to_vec(),
+        at: 0,
+        step: 100,
+    };
+    let mut frame = None;
+    while frame.is_none() {
+        d.read_from(&mut src).unwrap();
+        frame = d.next_frame().unwrap();
+    }
+    assert_eq!(frame.unwrap().body.len(), body.len());
+    assert_eq!(
+        d.buffers_made(),
+        made,
+        "41 reads of 100 bytes, no new buffer"
+    );
+}
+
 #[test]
 fn read_from_fills_from_a_reader_and_reports_eof() {
     let mut src: &[u8] = &encode_frame(&header(Method::Stat, 4, 3), b"abc");
