@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -231,7 +232,14 @@ fn run(mut poll: Poll, handle: IoLoopHandle) {
             }
         }
         while let Some(task) = shared.tasks.pop() {
-            task(&mut ctx);
+            // A panicking task (a bug) must not end the loop: every socket on it would be
+            // left with nobody to serve it while `execute` still accepted work.
+            if catch_unwind(AssertUnwindSafe(|| task(&mut ctx))).is_err() {
+                log::error!(
+                    "traft-io-{}: a task panicked; the loop goes on",
+                    shared.index
+                );
+            }
         }
         notes.clear();
         while let Some(t) = shared.notes.pop() {
@@ -264,8 +272,14 @@ where
     let Some(mut h) = ctx.handlers.remove(&token) else {
         return; // removed earlier in this round
     };
-    if f(&mut h, ctx) == HandlerStatus::Keep {
-        ctx.handlers.insert(token, h);
+    // A handler that panics (a bug) is dropped, closing its socket; the loop and the other
+    // handlers on it go on (their peers would otherwise wait on a dead thread).
+    match catch_unwind(AssertUnwindSafe(|| f(&mut h, ctx))) {
+        Ok(HandlerStatus::Keep) => {
+            ctx.handlers.insert(token, h);
+        }
+        Ok(_) => {}
+        Err(_) => log::error!("traft-io: a handler panicked; its connection is closed"),
     }
 }
 
@@ -301,6 +315,21 @@ mod tests {
             self.notified.fetch_add(1, Ordering::SeqCst);
             HandlerStatus::Keep
         }
+    }
+
+    #[test]
+    fn a_panicking_task_leaves_the_loop_serving() {
+        let lp = IoLoop::start(0).unwrap();
+        lp.handle()
+            .execute(Box::new(|_| panic!("a bug in an io task")))
+            .unwrap();
+        let (tx, rx) = crossbeam::channel::bounded(1);
+        lp.handle()
+            .execute(Box::new(move |_| tx.send(()).unwrap()))
+            .unwrap();
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("the loop still runs tasks");
+        lp.shutdown();
     }
 
     #[test]
