@@ -246,11 +246,18 @@ impl Inbound {
             method,
         };
         let Some(handler) = self.ctx.handler(method) else {
-            let e = format!("no handler for {method} on {}", self.ctx.local_addr);
+            // A server shutting down has cleared its handlers before closing connections:
+            // what arrives meanwhile is told `Stopped`, not that the method is unknown.
+            let (status, e) = if self.ctx.is_stopped() {
+                (Status::Stopped, "the server is shutting down".to_string())
+            } else {
+                let e = format!("no handler for {method} on {}", self.ctx.local_addr);
+                (Status::UnknownMethod, e)
+            };
             let body = Bytes::from(e.into_bytes());
             let mut r = responder;
             if let Some(conn) = r.conn.take() {
-                conn.send_frame(r.correlation_id, method, Status::UnknownMethod, vec![body]);
+                conn.send_frame(r.correlation_id, method, status, vec![body]);
             }
             return;
         };
