@@ -66,6 +66,9 @@ pub(crate) struct Conn<R: Role> {
     connected: bool,
     opened_at: Instant,
     last_read: Instant,
+    /// When the frames in `writing` last made progress (bytes written, or they were taken
+    /// from the outbox): a peer that stops reading is noticed by it.
+    last_write: Instant,
     frames_in: u64,
     /// Scratch for one read pass's frames.
     frames: Vec<Frame>,
@@ -102,6 +105,7 @@ impl<R: Role> Conn<R> {
             connected,
             opened_at: now,
             last_read: now,
+            last_write: now,
             frames_in: 0,
             frames: Vec::new(),
             read_more: false,
@@ -241,6 +245,7 @@ impl<R: Role> Conn<R> {
                     out.flush_requested = false;
                     return Ok(());
                 }
+                self.last_write = Instant::now();
             }
             if !self.write_some()? {
                 return Ok(());
@@ -274,6 +279,7 @@ impl<R: Role> Conn<R> {
                     return Err(RaftError::io("rpc write", None, &e));
                 }
                 Ok(n) => {
+                    self.last_write = Instant::now();
                     self.advance(n);
                     if self.writing.is_empty() {
                         return Ok(true);
@@ -356,9 +362,18 @@ impl<R: Role> Conn<R> {
             }
             return Ok(());
         }
-        if self.decoder.has_partial_frame()
-            && since_read > Duration::from_millis(opts.frame_stall_timeout_ms)
-        {
+        let stall = Duration::from_millis(opts.frame_stall_timeout_ms);
+        let since_write = now.saturating_duration_since(self.last_write);
+        if !self.writing.is_empty() && since_write > stall {
+            // The peer stopped reading: its calls would time out one by one while their
+            // frames piled up; closing fails them at once and lets the client reconnect.
+            let e = io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("peer read nothing for {since_write:?} with frames waiting"),
+            );
+            return Err(RaftError::io("rpc write", None, &e));
+        }
+        if self.decoder.has_partial_frame() && since_read > stall {
             return timed_out(format!(
                 "peer stalled mid-frame for {since_read:?} ({} received)",
                 self.decoder.partial_description()

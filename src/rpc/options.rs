@@ -47,8 +47,9 @@ pub struct ServerOptions {
     pub reconnect_backoff_min_ms: u64,
     /// Cap of the reconnect delay. Default 1000.
     pub reconnect_backoff_max_ms: u64,
-    /// A connection with part of a frame received and no byte for this long is closed.
-    /// Default 10000.
+    /// A connection with part of a frame received and no byte for this long, or with frames
+    /// to write and none of their bytes taken by the peer for this long, is closed (its
+    /// calls fail at once; the client reconnects). Default 10000.
     pub frame_stall_timeout_ms: u64,
     /// An accepted connection that received nothing for this long is closed; 0 never.
     /// Default 300000.

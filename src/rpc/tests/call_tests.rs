@@ -319,6 +319,52 @@ fn oversized_bodies_are_invalid_and_a_full_connection_is_busy() {
     );
 }
 
+/// A peer that accepts and then reads nothing (wedged, stopped): once our frames wait with no
+/// byte taken for the stall timeout, the connection is closed and its calls fail at once,
+/// instead of each timing out while more frames pile up behind them.
+#[test]
+fn a_peer_that_stops_reading_is_closed_after_the_stall_timeout_and_its_calls_fail() {
+    let rt = runtime();
+    let mut o = opts(&rt);
+    o.frame_stall_timeout_ms = 300;
+    let a = Server::start(o).unwrap();
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = sink.local_addr().unwrap();
+    let _held = std::thread::spawn(move || {
+        let conn = sink.accept();
+        std::thread::sleep(Duration::from_secs(20));
+        drop(conn);
+    });
+    let failed = Arc::new(Mutex::new(Vec::new()));
+    let body = Bytes::from(vec![0u8; 1 << 20]);
+    let started = Instant::now();
+    // Enough to fill the kernel's buffers both ways (a few MiB on loopback).
+    for _ in 0..24 {
+        let f = failed.clone();
+        let long = Duration::from_secs(60);
+        a.call_default(to, Method::GetFile, vec![body.clone()], long, move |r| {
+            f.lock().push(r.err());
+        });
+    }
+    wait_for(
+        "the calls fail once the peer read nothing for the stall timeout",
+        Duration::from_secs(10),
+        || failed.lock().len() == 24,
+        || format!("{:?} {:?}", failed.lock(), a.stats()),
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "not their 60 s deadline"
+    );
+    let errors = failed.lock();
+    assert!(
+        errors
+            .iter()
+            .all(|e| matches!(e, Some(RaftError::Io { .. }))),
+        "{errors:?}"
+    );
+}
+
 #[test]
 fn a_refused_connect_fails_fast_backs_off_and_reconnects_when_the_peer_returns() {
     let rt = runtime();
