@@ -54,6 +54,9 @@ pub struct ServerOptions {
     /// An accepted connection that received nothing for this long is closed; 0 never.
     /// Default 300000.
     pub idle_timeout_ms: u64,
+    /// Accepted connections open at once; a peer connecting beyond it is closed at once
+    /// (each connection may hold up to a frame of buffer). Default 1000.
+    pub accepted_connections_max: usize,
     /// The fault layer shared by every server of a test (feature `fault-injection`).
     #[cfg(any(test, feature = "fault-injection"))]
     pub fault: Option<super::fault::FaultHandle>,
@@ -75,6 +78,7 @@ impl ServerOptions {
             reconnect_backoff_max_ms: 1000,
             frame_stall_timeout_ms: 10_000,
             idle_timeout_ms: 300_000,
+            accepted_connections_max: 1000,
             #[cfg(any(test, feature = "fault-injection"))]
             fault: None,
         }
@@ -100,6 +104,10 @@ impl ServerOptions {
             ("connect_timeout_ms", self.connect_timeout_ms),
             ("reconnect_backoff_min_ms", self.reconnect_backoff_min_ms),
             ("frame_stall_timeout_ms", self.frame_stall_timeout_ms),
+            (
+                "accepted_connections_max",
+                self.accepted_connections_max as u64,
+            ),
         ] {
             if v == 0 {
                 return bad(format!("{name} must be > 0"));

@@ -44,6 +44,8 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 pub struct ServerStats {
     /// Connections accepted.
     pub accepted: u64,
+    /// Connections closed at once because `accepted_connections_max` were open.
+    pub refused: u64,
     /// Outgoing connections attempted.
     pub connects: u64,
     /// Sockets closed (connections in either direction, and the listener).
@@ -61,6 +63,7 @@ pub struct ServerStats {
 #[derive(Default)]
 pub(crate) struct Stats {
     accepted: AtomicU64,
+    refused: AtomicU64,
     connects: AtomicU64,
     closed: AtomicU64,
     protocol_errors: AtomicU64,
@@ -96,6 +99,7 @@ impl Stats {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         ServerStats {
             accepted: g(&self.accepted),
+            refused: g(&self.refused),
             connects: g(&self.connects),
             closed: g(&self.closed),
             protocol_errors: g(&self.protocol_errors),
@@ -491,6 +495,16 @@ impl Listener {
         loop {
             match listener.accept() {
                 Ok((stream, peer)) => {
+                    // Every open socket of this server, the listener included, is in `conns`;
+                    // outgoing ones count too, which only makes the bound earlier.
+                    let open = self.ctx.conns.lock().len();
+                    if open > self.ctx.opts.accepted_connections_max {
+                        self.ctx.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        slog::debug!(self.ctx.logger, "connection refused: too many open";
+                            "peer" => %peer, "open" => open);
+                        drop(stream);
+                        continue;
+                    }
                     self.ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
                     Inbound::adopt(&self.ctx, lp, stream, peer);
                 }

@@ -365,6 +365,37 @@ fn a_peer_that_stops_reading_is_closed_after_the_stall_timeout_and_its_calls_fai
     );
 }
 
+/// Connections beyond `accepted_connections_max` are closed at once: a peer opening sockets
+/// without end cannot make the server hold a buffer per socket without end.
+#[test]
+fn connections_beyond_the_accept_limit_are_closed_at_once() {
+    use std::io::Read;
+    let rt = runtime();
+    let mut o = opts(&rt);
+    o.accepted_connections_max = 2;
+    let a = Server::start(o).unwrap();
+    let held: Vec<_> = (0..2)
+        .map(|_| std::net::TcpStream::connect(a.local_addr()).unwrap())
+        .collect();
+    wait_for(
+        "two connections adopted",
+        T,
+        || a.stats().accepted == 2,
+        || format!("{:?}", a.stats()),
+    );
+    let mut extra = std::net::TcpStream::connect(a.local_addr()).unwrap();
+    extra.set_read_timeout(Some(T)).unwrap();
+    let mut buf = [0u8; 1];
+    match extra.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("expected the server to close it, got {other:?}"),
+    }
+    let stats = a.stats();
+    assert_eq!((stats.accepted, stats.refused), (2, 1), "{stats:?}");
+    drop(held);
+}
+
 #[test]
 fn a_refused_connect_fails_fast_backs_off_and_reconnects_when_the_peer_returns() {
     let rt = runtime();
