@@ -55,8 +55,8 @@ fn start(
     (node, seen)
 }
 
-#[test]
-fn replay_after_restart_starts_after_the_state_machines_durable_index() {
+/// A small runtime of its own and a server on it with traft's services.
+fn runtime_and_server() -> (Runtime, Arc<Server>) {
     let rt = Runtime::new(RuntimeOptions {
         io_threads: 1,
         raft_threads: 2,
@@ -68,6 +68,12 @@ fn replay_after_restart_starts_after_the_state_machines_durable_index() {
     so.runtime = Some(rt.clone());
     let server = Arc::new(Server::start(so).unwrap());
     NodeManager::global().add_service(&server).unwrap();
+    (rt, server)
+}
+
+#[test]
+fn replay_after_restart_starts_after_the_state_machines_durable_index() {
+    let (rt, server) = runtime_and_server();
     let dir = tempfile::tempdir().unwrap();
     let (node, seen) = start(&rt, &server, dir.path(), 0);
     wait_for(
@@ -137,17 +143,7 @@ impl StateMachine for SlowLoad {
 /// test does not reach.)
 #[test]
 fn a_shutdown_during_init_makes_init_fail_with_stopped() {
-    let rt = Runtime::new(RuntimeOptions {
-        io_threads: 1,
-        raft_threads: 2,
-        disk_threads: 1,
-        fsm_threads: 1,
-    })
-    .unwrap();
-    let mut so = ServerOptions::new("127.0.0.1:0".parse().unwrap());
-    so.runtime = Some(rt.clone());
-    let server = Arc::new(Server::start(so).unwrap());
-    NodeManager::global().add_service(&server).unwrap();
+    let (rt, server) = runtime_and_server();
     let dir = tempfile::tempdir().unwrap();
     let peer = PeerId::new(server.local_addr(), 0);
     let (loading_tx, loading) = crossbeam::channel::unbounded();

@@ -286,21 +286,27 @@ fn a_second_open_of_the_same_directory_is_refused() {
     open_real(dir.path(), 4096).unwrap();
 }
 
+/// A log of three entries, closed, and the path of its one segment.
+fn a_closed_log_and_its_segment() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempdir();
+    let s = open_real(dir.path(), 64 * 1024).unwrap();
+    s.append_entries(&entries(1, 3, 1, 10)).unwrap();
+    s.close().unwrap();
+    drop(s);
+    let seg = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| format::parse_name(p.file_name().unwrap().to_str().unwrap()).is_some())
+        .expect("a segment");
+    (dir, seg)
+}
+
 #[test]
 fn a_segment_whose_name_and_header_give_index_0_or_near_u64_max_is_corrupt_not_a_panic() {
     for first in [0, u64::MAX] {
-        let dir = tempdir();
-        let s = open_real(dir.path(), 64 * 1024).unwrap();
-        s.append_entries(&entries(1, 3, 1, 10)).unwrap();
-        s.close().unwrap();
-        drop(s);
+        let (dir, seg) = a_closed_log_and_its_segment();
         // A header with a valid checksum and the log's epoch, as a crafted or damaged
         // directory could hold: only the index is out of range.
-        let seg = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| format::parse_name(p.file_name().unwrap().to_str().unwrap()).is_some())
-            .expect("a segment");
         let header = format::decode_header(&std::fs::read(&seg).unwrap()).unwrap();
         let mut bytes = format::encode_header(&format::SegmentHeader {
             first_index: first,
@@ -320,16 +326,7 @@ fn a_segment_whose_name_and_header_give_index_0_or_near_u64_max_is_corrupt_not_a
 
 #[test]
 fn a_segment_file_of_4_gib_or_more_is_corrupt_not_misread() {
-    let dir = tempdir();
-    let s = open_real(dir.path(), 64 * 1024).unwrap();
-    s.append_entries(&entries(1, 3, 1, 10)).unwrap();
-    s.close().unwrap();
-    drop(s);
-    let seg = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| format::parse_name(p.file_name().unwrap().to_str().unwrap()).is_some())
-        .expect("a segment");
+    let (dir, seg) = a_closed_log_and_its_segment();
     // Sparse: offsets past 4 GiB would be cut to u32 if the file were scanned.
     let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
     f.set_len(5 << 30).unwrap();
