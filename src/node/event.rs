@@ -573,10 +573,8 @@ impl Shell<'_> {
             let _ = parts.fsm.on_leader_start(term);
         } else if role != Role::Leader && was_leader {
             parts.replicators.stop();
-            let committed = self.shared.with_core(|c| c.commit_index()).unwrap_or(0);
-            parts
-                .closures
-                .fail_after(committed, &RaftError::NotLeader { leader });
+            self.shared
+                .fail_uncommitted(&parts.closures, &RaftError::NotLeader { leader });
             let _ = parts.fsm.on_leader_stop(RaftError::NotLeader { leader });
         }
         let following = role == Role::Follower && leader.is_some();
@@ -680,11 +678,8 @@ impl Shell<'_> {
         };
         let proposed = self.st.proposals.drain(..).filter_map(|t| t.into_parts().1);
         fail_each(proposed, &failure);
-        // Entries already committed are still applied, and completed, by the state machine
-        // (it gets on_error after them); failing them here would report a committed write
-        // as failed.
-        let committed = self.shared.with_core(|c| c.commit_index()).unwrap_or(0);
-        parts.closures.fail_after(committed, &failure);
+        // The state machine gets on_error after the committed entries it still applies.
+        self.shared.fail_uncommitted(&parts.closures, &failure);
         self.st.fail_requests(&failure);
         let _ = parts.fsm.on_error(error);
     }

@@ -27,8 +27,7 @@ pub(crate) fn shutdown(shared: &Arc<NodeShared>) {
         }
         parts.replicators.stop();
         // Committed entries are applied (and completed) before the state machine stops.
-        let committed = shared.with_core(|c| c.commit_index()).unwrap_or(0);
-        parts.closures.fail_after(committed, &RaftError::Stopped);
+        shared.fail_uncommitted(&parts.closures, &RaftError::Stopped);
     }
     match shared.events.get() {
         Some(q) => q.stop(),

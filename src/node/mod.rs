@@ -38,6 +38,7 @@ pub use status::{FollowerStatus, NodeStatus};
 use crate::core::{RaftCore, Role};
 use crate::error::{RaftError, Result};
 use crate::exec_queue::ExecQueue;
+use crate::fsm_caller::ClosureQueue;
 use crate::types::{GroupId, PeerId};
 use event::NodeEvent;
 use init::Parts;
@@ -137,6 +138,14 @@ impl NodeShared {
     /// The components, while the node is initialized and not yet joined.
     pub(crate) fn parts(&self) -> Option<Arc<Parts>> {
         self.parts.lock().clone()
+    }
+
+    /// Fails, with `error`, the completions of this leader's tasks whose entries are not
+    /// known to be committed (step-down, error state, shutdown). Committed ones stay: the
+    /// state machine applies them and completes them with their response.
+    pub(crate) fn fail_uncommitted(&self, closures: &ClosureQueue, error: &RaftError) {
+        let committed = self.with_core(|c| c.commit_index()).unwrap_or(0);
+        closures.fail_after(committed, error);
     }
 
     /// Takes the components out, the lock released before the caller drops them (dropping

@@ -20,6 +20,7 @@ use crate::log_storage::segment::index::{Index, SegmentView};
 use crate::log_storage::segment::recovery::{self, OpenScan, Scanned};
 use crate::log_storage::segment::spare::{SPARE_FILE, SPARE_TMP};
 use crate::log_storage::segment::writer::OpenSegment;
+use crate::types::LOG_INDEX_MAX;
 
 /// What recovery found: the meta, the read view, the segment appends continue in, and
 /// whether a ready spare segment was kept.
@@ -80,22 +81,18 @@ fn load_meta(fs: &dyn FileSystem, dir: &Path, names: &[String]) -> Result<LogMet
     Ok(meta)
 }
 
-/// The highest entry index a segment's name or header may give: index arithmetic over a
-/// segment's entries (fewer than 2^32) then cannot overflow, whatever a file says.
-const INDEX_MAX: u64 = crate::types::LOG_INDEX_MAX;
-
 /// The first index a segment's name gives, checked (with its last) to lie in
-/// `1..=INDEX_MAX`.
+/// `1..=LOG_INDEX_MAX`.
 fn index_range(path: &Path, kind: FileKind) -> Result<u64> {
     let (first, last) = match kind {
         FileKind::Closed { first, last } => (first, last),
         FileKind::Open { first } => (first, first),
     };
-    if first == 0 || last > INDEX_MAX {
+    if first == 0 || last > LOG_INDEX_MAX {
         return Err(RaftError::corruption(
             path,
             0,
-            format!("segment indexes outside 1..={INDEX_MAX} in its name"),
+            format!("segment indexes outside 1..={LOG_INDEX_MAX} in its name"),
         ));
     }
     Ok(first)
