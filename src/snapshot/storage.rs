@@ -32,14 +32,23 @@ pub struct SnapshotStorage {
     logger: Logger,
     /// The newest committed snapshot's LogId, as last written or found.
     last: Mutex<Option<LogId>>,
-    /// The sync failure that ended this storage's commits: after it a snapshot directory
-    /// may exist without being durable, and a later commit must not take it for one.
-    failed: Mutex<Option<RaftError>>,
-    /// Commits running, and whether [`SnapshotStorage::close`] was called: a state machine
-    /// may finish a save from its own thread after its node was joined, and must not write
-    /// into a directory another node may own by then.
-    gate: Mutex<(usize, bool)>,
-    gate_idle: Condvar,
+    /// Whether commits may run, and how many do.
+    commits: Mutex<Commits>,
+    /// Signalled when the last running commit ends (for `close`).
+    commits_idle: Condvar,
+}
+
+/// What admits a commit to a [`SnapshotStorage`].
+#[derive(Default)]
+struct Commits {
+    running: usize,
+    /// Set by [`SnapshotStorage::close`]: a state machine may finish a save from its own
+    /// thread after its node was joined, and must not write into a directory another node
+    /// may own by then.
+    closed: bool,
+    /// The sync failure that ended commits: after it a snapshot directory may exist without
+    /// being durable, and a later commit must not take it for one.
+    failed: Option<RaftError>,
 }
 
 /// A snapshot being written: the user puts files in [`SnapshotWriter::path`].
@@ -91,9 +100,8 @@ impl SnapshotStorage {
             dir: dir.to_path_buf(),
             logger,
             last: Mutex::new(None),
-            failed: Mutex::new(None),
-            gate: Mutex::new((0, false)),
-            gate_idle: Condvar::new(),
+            commits: Mutex::new(Commits::default()),
+            commits_idle: Condvar::new(),
         })
     }
 
@@ -141,33 +149,38 @@ impl SnapshotStorage {
         last_included: LogId,
         conf: Configuration,
     ) -> Result<SnapshotMeta> {
-        if let Some(e) = self.failed() {
+        let refused = {
+            let mut c = self.commits.lock();
+            match (&c.failed, c.closed) {
+                (Some(e), _) => Some(e.clone()),
+                (None, true) => Some(RaftError::Stopped),
+                (None, false) => {
+                    c.running += 1;
+                    None
+                }
+            }
+        };
+        if let Some(e) = refused {
             let _ = writer.abort();
             return Err(e);
         }
-        {
-            let mut gate = self.gate.lock();
-            if gate.1 {
-                drop(gate);
-                let _ = writer.abort();
-                return Err(RaftError::Stopped);
-            }
-            gate.0 += 1;
-        }
         let result = self.commit_synced(writer, last_included, conf);
-        {
-            let mut gate = self.gate.lock();
-            gate.0 -= 1;
-            if gate.0 == 0 {
-                self.gate_idle.notify_all();
-            }
+        let mut c = self.commits.lock();
+        c.running -= 1;
+        if c.running == 0 {
+            self.commits_idle.notify_all();
         }
-        if let Err(e) = &result {
-            if e.is_sync_failure() {
-                slog::error!(self.logger, "a snapshot sync failed; no further snapshot commits";
-                    "error" => %e);
-                *self.failed.lock() = Some(e.clone());
+        let newly_failed = match &result {
+            Err(e) if e.is_sync_failure() && c.failed.is_none() => {
+                c.failed = Some(e.clone());
+                true
             }
+            _ => false,
+        };
+        drop(c);
+        if newly_failed {
+            slog::error!(self.logger, "a snapshot sync failed; no further snapshot commits";
+                "error" => ?result.as_ref().err());
         }
         result
     }
@@ -175,16 +188,16 @@ impl SnapshotStorage {
     /// Refuses every later commit (`Stopped`) and waits for the ones running: after it
     /// returns, this storage writes nothing more (its node is joined).
     pub fn close(&self) {
-        let mut gate = self.gate.lock();
-        gate.1 = true;
-        while gate.0 > 0 {
-            self.gate_idle.wait(&mut gate);
+        let mut c = self.commits.lock();
+        c.closed = true;
+        while c.running > 0 {
+            self.commits_idle.wait(&mut c);
         }
     }
 
     /// The sync failure that stopped this storage's commits, if one happened.
     pub fn failed(&self) -> Option<RaftError> {
-        self.failed.lock().clone()
+        self.commits.lock().failed.clone()
     }
 
     fn commit_synced(
