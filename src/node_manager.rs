@@ -173,8 +173,8 @@ impl NodeManager {
         };
         match target {
             Ok(Some(node)) => {
-                req.responder.respond(Ok(Vec::new()));
-                node.deliver(req.body);
+                let delivered = crate::node::deliver(node.shared(), req.body);
+                req.responder.respond(delivered.map(|()| Vec::new()));
             }
             Ok(None) => req
                 .responder
@@ -213,12 +213,5 @@ impl NodeManager {
             text.push_str("no nodes\n");
         }
         text
-    }
-}
-
-impl Node {
-    /// Queues a RaftService body for this node.
-    fn deliver(&self, body: Bytes) {
-        self.shared().submit(crate::node::deliver_event(body));
     }
 }

@@ -8,8 +8,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cluster::{election_bound, Cluster, ClusterOptions};
+use traft::core::message::{Message, VoteResponse};
+use traft::node::wire::{self, Envelope};
 use traft::node::Task;
 use traft::rpc::Method;
+use traft::types::PeerId;
 use traft::RaftError;
 
 const WITHIN: Duration = Duration::from_secs(10);
@@ -472,6 +475,62 @@ fn too_many_unsynced_bytes_answer_busy_and_nothing_accepted_is_lost() {
     c.wait("every accepted task applied", WITHIN, || {
         c.members[l].kv.len() == ok
     });
+}
+
+/// A peer that sends RaftService messages faster than the node handles them meets `Busy`
+/// past `incoming_bytes_max` (the node's queue does not grow without bound); every message
+/// taken is handled, the budget drains to zero, and the node goes on serving.
+#[test]
+fn messages_past_the_incoming_bound_are_answered_busy_and_the_node_goes_on() {
+    let mut o = ClusterOptions::new(1);
+    o.incoming_bytes_max = Some(1); // one message at a time
+    let c = Cluster::start("incoming_bound", o);
+    let l = c.wait_leader(election_bound());
+    let server = &c.members[l].server;
+    // Stale vote responses from a stranger: each is handled and ignored, nothing is sent back.
+    let env = Envelope {
+        group: c.group.clone(),
+        from: PeerId::new("127.0.0.1:1".parse().expect("addr"), 0),
+        to: c.members[l].peer,
+    };
+    let msg = Message::VoteResponse(VoteResponse {
+        term: 0,
+        granted: false,
+        pre_vote: false,
+    });
+    let body = wire::encode_message(&env, &msg);
+    let (tx, rx) = crossbeam::channel::unbounded();
+    const SENT: usize = 2_000;
+    for _ in 0..SENT {
+        let tx = tx.clone();
+        server.call_default(
+            server.local_addr(),
+            Method::RequestVote,
+            body.clone(),
+            WITHIN,
+            move |r| {
+                let _ = tx.send(r);
+            },
+        );
+    }
+    let (mut ok, mut busy) = (0, 0);
+    for _ in 0..SENT {
+        match rx.recv_timeout(WITHIN).expect("every call answered") {
+            Ok(_) => ok += 1,
+            Err(RaftError::Busy) => busy += 1,
+            Err(e) => panic!("unexpected answer {e}; {}", c.describe()),
+        }
+    }
+    eprintln!("taken {ok}, refused {busy}");
+    assert!(
+        ok > 0 && busy > 0,
+        "taken {ok}, refused {busy}: a flood must meet Busy"
+    );
+    c.wait("the incoming budget drained", WITHIN, || {
+        c.node(l).status().incoming_bytes == 0
+    });
+    let got = c.apply_via(l, Bytes::from_static(b"after the flood"), WITHIN);
+    assert!(got.is_ok(), "{got:?}");
 }
 
 /// A task applied on a follower fails with NotLeader naming the leader to ask.

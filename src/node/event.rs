@@ -39,8 +39,9 @@ pub(crate) enum NodeEvent {
     Start,
     /// A user task to propose.
     Apply(Task),
-    /// A RaftService body addressed to this node.
-    Rpc(Bytes),
+    /// A RaftService body addressed to this node, holding its bytes in the node's budget of
+    /// incoming messages until handled.
+    Rpc(Bytes, super::incoming::IncomingPermit),
     /// A core timer fired.
     Timeout(TimerKind),
     /// The log write ending at this LogId is durable.
@@ -253,7 +254,7 @@ impl Shell<'_> {
         match ev {
             NodeEvent::Apply(task) => self.st.proposals.push(task),
             NodeEvent::Start => self.start_core(parts),
-            NodeEvent::Rpc(body) => self.handle_rpc(parts, body),
+            NodeEvent::Rpc(body, _permit) => self.handle_rpc(parts, body),
             NodeEvent::Timeout(kind) => self.step(parts, Event::Timeout(kind), Ctx::None),
             NodeEvent::LogDurable(id) => self.step(parts, Event::LogDurable(id), Ctx::None),
             NodeEvent::HardStatePersisted(hs) => {

@@ -51,6 +51,8 @@ pub(crate) struct Limits {
     pub entry_bytes_max: usize,
     pub unsynced_bytes_max: usize,
     pub apply_queue_capacity: usize,
+    /// Checked by the node manager's routing, not by `apply`.
+    pub incoming_bytes_max: usize,
 }
 
 /// The components a node is made of, built by init.
@@ -231,6 +233,7 @@ fn init_steps(shared: &Arc<NodeShared>, mut opts: NodeOptions, undo: &mut Undo) 
             entry_bytes_max: opts.entry_bytes_max,
             unsynced_bytes_max: opts.unsynced_bytes_max,
             apply_queue_capacity: opts.apply_queue_capacity,
+            incoming_bytes_max: opts.incoming_bytes_max,
         },
         following: Mutex::new(None),
         _dir_lock: dir_lock,

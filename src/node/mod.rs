@@ -16,6 +16,7 @@ mod admin;
 mod apply;
 mod event;
 mod glue;
+mod incoming;
 mod init;
 mod install;
 mod lifecycle;
@@ -105,6 +106,9 @@ pub(crate) struct NodeShared {
     pub(crate) trace: Mutex<Vec<InitStep>>,
     /// Tasks accepted by `apply` and not yet proposed (bounded by the options).
     pub(crate) pending_applies: std::sync::atomic::AtomicUsize,
+    /// RaftService messages received and not yet handled
+    /// ([`NodeOptions::incoming_bytes_max`]).
+    pub(crate) incoming: incoming::Incoming,
 }
 
 impl NodeShared {
@@ -206,6 +210,7 @@ impl Node {
                 unsynced_bytes: std::sync::atomic::AtomicUsize::new(0),
                 trace: Mutex::new(Vec::new()),
                 pending_applies: std::sync::atomic::AtomicUsize::new(0),
+                incoming: incoming::Incoming::default(),
             }),
         }
     }
@@ -324,9 +329,18 @@ impl Node {
     }
 }
 
-/// The event that carries a RaftService body to a node (for the node manager's routing).
-pub(crate) fn deliver_event(body: bytes::Bytes) -> NodeEvent {
-    NodeEvent::Rpc(body)
+/// Queues a RaftService body for its node (the node manager's routing, on an IO thread):
+/// `Busy` when the node holds [`NodeOptions::incoming_bytes_max`] of unhandled messages.
+pub(crate) fn deliver(shared: &NodeShared, body: bytes::Bytes) -> Result<()> {
+    let max = shared
+        .limits
+        .get()
+        .map_or(options::INCOMING_BYTES_MAX_DEFAULT, |l| {
+            l.incoming_bytes_max
+        });
+    let permit = shared.incoming.admit(body.len(), max)?;
+    shared.submit(NodeEvent::Rpc(body, permit));
+    Ok(())
 }
 
 /// Result of checking that a call is allowed now.

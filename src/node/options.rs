@@ -14,6 +14,9 @@ use crate::types::Configuration;
 
 /// The largest entry payload accepted by default (1 MiB).
 pub const ENTRY_BYTES_MAX_DEFAULT: usize = 1 << 20;
+/// Default [`NodeOptions::incoming_bytes_max`]: twice a leader's default window to one
+/// follower (`inflight_appends_max` 64 x `append_entries_bytes_max` 2 MiB).
+pub const INCOMING_BYTES_MAX_DEFAULT: usize = 256 << 20;
 pub use crate::core::ELECTION_TIMEOUT_MAX_MS;
 /// The longest snapshot interval accepted (ten years; 0 turns the timer off).
 pub const SNAPSHOT_INTERVAL_MAX_S: u64 = 10 * 365 * 24 * 3600;
@@ -51,6 +54,13 @@ pub struct NodeOptions {
     pub apply_queue_capacity: usize,
     /// Bytes appended to the log and not yet durable; more answer `Busy`.
     pub unsynced_bytes_max: usize,
+    /// Bytes of RaftService messages received and not yet handled by the node's queue; a
+    /// message past it is answered `Busy` and dropped (the sender's protocol takes it as
+    /// lost and sends again), so a peer sending faster than the node handles cannot grow
+    /// its queue without limit. A node holding nothing always takes one message. Default
+    /// [`INCOMING_BYTES_MAX_DEFAULT`], above what one honest leader can have in flight
+    /// (`inflight_appends_max` AppendEntries of `append_entries_bytes_max`).
+    pub incoming_bytes_max: usize,
     /// The most payload bytes in one AppendEntries.
     pub append_entries_bytes_max: usize,
     /// The most AppendEntries in flight to one follower (pipelining window).
@@ -91,6 +101,7 @@ impl NodeOptions {
             entry_bytes_max: ENTRY_BYTES_MAX_DEFAULT,
             apply_queue_capacity: 64 * 1024,
             unsynced_bytes_max: 64 << 20,
+            incoming_bytes_max: INCOMING_BYTES_MAX_DEFAULT,
             append_entries_bytes_max: 2 << 20,
             inflight_appends_max: 64,
             catchup_margin: 1000,
@@ -152,6 +163,10 @@ impl NodeOptions {
                 "unsynced_bytes_max = {} must be >= entry_bytes_max = {}",
                 self.unsynced_bytes_max, self.entry_bytes_max
             ),
+        )?;
+        rule(
+            self.incoming_bytes_max > 0,
+            "incoming_bytes_max must be > 0".into(),
         )?;
         rule(
             self.inflight_appends_max > 0,

@@ -56,6 +56,9 @@ pub struct NodeStatus {
     pub installing: Option<LogId>,
     /// Tasks accepted by `apply` and not yet proposed.
     pub pending_applies: usize,
+    /// Bytes of RaftService messages received and not yet handled
+    /// (`NodeOptions::incoming_bytes_max` bounds it).
+    pub incoming_bytes: usize,
     /// The node's error, in its error state.
     pub error: Option<RaftError>,
     /// Shut down (or never initialized).
@@ -85,6 +88,7 @@ impl Node {
             pending_applies: shared
                 .pending_applies
                 .load(std::sync::atomic::Ordering::Relaxed),
+            incoming_bytes: shared.incoming.bytes(),
             error: match &lifecycle {
                 Lifecycle::Error(e) => Some(e.clone()),
                 _ => None,
@@ -157,6 +161,7 @@ impl fmt::Display for NodeStatus {
             }
         }
         writeln!(f, "pending_applies: {}", self.pending_applies)?;
+        writeln!(f, "incoming_bytes: {}", self.incoming_bytes)?;
         for (p, frames, entries, behind) in &self.replicators {
             write!(f, "replicator {p}: frames {frames} entries {entries}")?;
             if *behind > 0 {

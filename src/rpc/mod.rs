@@ -5,7 +5,7 @@
 //! - [`Server`] listens, serves registered [`Method`]s and makes calls ([`Server::call`]).
 //! - [`frame`]: the wire format and its decoder; [`method`]: method and status numbers.
 //! - [`Caller`]: who calls and where completions run (a queue on the raft pool).
-//! - [`fault`] (feature `fault-injection`): drop, delay, duplicate, partition per link.
+//! - `fault` (feature `fault-injection`): drop, delay, duplicate, partition per link.
 //!
 //! Threads: sockets are owned by the IO threads (`traft-io-N`), which parse and write bytes,
 //! call handlers that only enqueue, and hand completions to callers' queues; deadlines fire

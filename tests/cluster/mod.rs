@@ -194,6 +194,7 @@ pub struct ClusterOptions {
     pub spares: usize,
     pub lease_reads: bool,
     pub unsynced_bytes_max: Option<usize>,
+    pub incoming_bytes_max: Option<usize>,
 }
 
 impl ClusterOptions {
@@ -211,6 +212,7 @@ impl ClusterOptions {
             spares: 0,
             lease_reads: true,
             unsynced_bytes_max: None,
+            incoming_bytes_max: None,
         }
     }
 }
@@ -297,6 +299,9 @@ impl Cluster {
         opts.lease_reads = o.lease_reads;
         if let Some(max) = o.unsynced_bytes_max {
             opts.unsynced_bytes_max = max;
+        }
+        if let Some(max) = o.incoming_bytes_max {
+            opts.incoming_bytes_max = max;
         }
         if let Some(cap) = o.apply_queue_capacity {
             opts.apply_queue_capacity = cap;
