@@ -298,7 +298,9 @@ pub unsafe extern "C" fn traft_node_apply(
         if len > isize::MAX as usize {
             return Err(RaftError::invalid("len is not the length of a buffer"));
         }
-        let bytes = if len == 0 {
+        // An oversized payload is refused before it is copied (through `done`, as apply does).
+        let refused = node.node.check_entry_len(len).err();
+        let bytes = if len == 0 || refused.is_some() {
             Bytes::new()
         } else {
             // SAFETY: `data` points to `len` readable bytes by the caller's contract.
@@ -318,7 +320,10 @@ pub unsafe extern "C" fn traft_node_apply(
                 unsafe { done(ctx as *mut c_void, status, resp.as_ptr(), resp.len()) };
             }));
         });
-        in_call(|| node.node.apply(task));
+        match refused {
+            Some(e) => in_call(|| task.fail(e)),
+            None => in_call(|| node.node.apply(task)),
+        }
         Ok(())
     })
 }

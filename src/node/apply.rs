@@ -146,19 +146,25 @@ impl Node {
         waiter.wait()
     }
 
+    /// `Invalid` for a payload of `len` bytes over `entry_bytes_max` (once init set it):
+    /// what `apply` refuses first, for callers that check before building the task.
+    pub(crate) fn check_entry_len(&self, len: usize) -> Result<()> {
+        match self.shared.limits.get() {
+            Some(limits) if len > limits.entry_bytes_max => Err(RaftError::invalid(format!(
+                "task of {len} bytes is over entry_bytes_max = {}",
+                limits.entry_bytes_max
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     fn admit(&self, task: &Task) -> Result<()> {
         let shared = &self.shared;
         if !shared.active.load(Ordering::Acquire) {
             return active(shared).and(Err(RaftError::Stopped));
         }
         let limits = shared.limits.get().ok_or(RaftError::Stopped)?;
-        if task.data.len() > limits.entry_bytes_max {
-            return Err(RaftError::invalid(format!(
-                "task of {} bytes is over entry_bytes_max = {}",
-                task.data.len(),
-                limits.entry_bytes_max
-            )));
-        }
+        self.check_entry_len(task.data.len())?;
         if shared.unsynced_bytes.load(Ordering::Relaxed) > limits.unsynced_bytes_max {
             return Err(RaftError::Busy);
         }
