@@ -316,7 +316,8 @@ fn finish(world: &World) -> Result<SimReport, String> {
 }
 
 /// The seeds to run: `TRAFT_SIM_SEED=<n>` runs exactly seed `n`; otherwise seeds
-/// `first..first + count`, where `TRAFT_SIM_SEEDS=<count>` overrides `default_count`.
+/// `first..first + count`, where `TRAFT_SIM_SEEDS=<count>` overrides `default_count` and
+/// `TRAFT_SIM_FIRST=<n>` overrides `first` (a soak over seeds not run before).
 pub fn seeds_from_env(first: u64, default_count: u64) -> Vec<u64> {
     if let Some(seed) = std::env::var("TRAFT_SIM_SEED")
         .ok()
@@ -328,7 +329,11 @@ pub fn seeds_from_env(first: u64, default_count: u64) -> Vec<u64> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default_count);
-    (first..first + count).collect()
+    let first = std::env::var("TRAFT_SIM_FIRST")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(first);
+    (first..first.saturating_add(count)).collect()
 }
 
 #[cfg(test)]
