@@ -50,6 +50,12 @@ impl Membership {
         &self.entries[pos.saturating_sub(1)].1
     }
 
+    /// The configuration in force at `index` and every newer one, oldest first.
+    pub(crate) fn since(&self, index: u64) -> impl Iterator<Item = &Configuration> {
+        let pos = self.entries.partition_point(|(i, _)| *i <= index);
+        self.entries[pos.saturating_sub(1)..].iter().map(|(_, c)| c)
+    }
+
     /// The log index of the effective configuration.
     pub(crate) fn effective_index(&self) -> u64 {
         self.entries[self.entries.len() - 1].0

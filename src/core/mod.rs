@@ -504,14 +504,27 @@ impl RaftCore {
         self.membership.in_force_at(self.log.committed())
     }
 
-    /// True if this peer may campaign: it votes in the effective configuration, or in the
-    /// committed one. The second case is a leader whose removal is appended but not known
-    /// committed (openraft issue 2091): its log may be the only one that holds `C_new`, so
-    /// without it the group could stay leaderless. Votes are still counted under the
-    /// effective configuration, where its own does not count.
+    /// The configuration in force at the commit index and every newer one in the log, oldest
+    /// first (the last is the effective one).
+    pub fn configurations_since_commit(&self) -> Vec<&Configuration> {
+        self.membership.since(self.log.committed()).collect()
+    }
+
+    /// True if this peer may campaign: it votes in the configuration in force at its commit
+    /// index or in any newer one in its log (the effective one included). A peer whose
+    /// removal is appended but not known committed may hold the only copy of `C_new`
+    /// (openraft issue 2091), and the others, still in the joint configuration, need its
+    /// vote but cannot get it (its log is ahead of theirs): without its own campaign the
+    /// group stays leaderless. That peer may also have been added by a configuration it does
+    /// not know committed (sim seed 29288), so every configuration after the committed one
+    /// counts. Votes are still counted under the effective configuration, where its own does
+    /// not count, so election safety is unchanged; a leader outside its configuration steps
+    /// down once `C_new` commits.
     pub fn can_campaign(&self) -> bool {
         let me = &self.opts.id;
-        self.membership.effective().is_voter(me) || self.committed_configuration().is_voter(me)
+        self.membership
+            .since(self.log.committed())
+            .any(|c| c.is_voter(me))
     }
 
     /// The log index of the effective configuration.

@@ -259,14 +259,15 @@ impl Checker {
                 "peer {i}: leader of term {term} before its vote is durable"
             ));
         }
-        let voter = core.configuration().is_voter(&node.id)
-            || core.committed_configuration().is_voter(&node.id);
-        if !voter {
+        // Only a peer that votes in a configuration not known superseded may campaign: the
+        // one in force at its commit index or a newer one in its log.
+        let confs = core.configurations_since_commit();
+        if !confs.iter().any(|c| c.is_voter(&node.id)) {
+            let confs: Vec<String> = confs.iter().map(|c| c.to_string()).collect();
             return Err(format!(
-                "peer {i}: leader of term {term} is a voter of neither its configuration {} \
-                 nor its committed one {}",
-                core.configuration(),
-                core.committed_configuration()
+                "peer {i}: leader of term {term} is a voter of none of its configurations \
+                 since its commit index: {}",
+                confs.join("; ")
             ));
         }
         // Leader completeness: every entry committed in an earlier term. (An election delayed

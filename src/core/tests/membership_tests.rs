@@ -196,6 +196,54 @@ fn a_removed_leader_that_crashed_before_c_new_spread_does_not_strand_the_group()
     assert!(c.core(1).configuration_index() <= c.core(1).commit_index());
 }
 
+/// Sim seed 29288 (a 50,000-seed soak, stop 15): as above, but the removed leader had itself
+/// been added by a configuration its restart cannot know committed (a restarted peer's
+/// commit index starts at its snapshot, here 0, where it was no voter). Neither the
+/// committed nor the effective configuration names it, yet its vote is the one the others
+/// need. Every configuration after its commit index counts: it campaigns, wins under
+/// `C_new`, commits it, and steps down for 0.
+#[test]
+fn a_removed_leader_added_after_its_commit_index_does_not_strand_the_group() {
+    let mut c = Cluster::with_spares(1, 1, options);
+    c.elect(0);
+    let both = conf_of(&[0, 1], &[]);
+    change(&mut c, 0, 1, &both);
+    c.advance(5 * c.heartbeat());
+    assert_eq!(c.core(1).configuration(), &both, "1 added");
+    c.step(
+        0,
+        Event::TransferLeader {
+            ctx: 2,
+            to: peer(1),
+        },
+    );
+    c.advance(10 * c.heartbeat());
+    assert_eq!(c.leaders(), vec![1], "leadership moved to the added voter");
+    let target = conf_of(&[0], &[]);
+    change(&mut c, 1, 3, &target);
+    assert!(c.core(1).configuration().is_joint());
+    c.deliver_if(|_, to, _| to == 0); // 0 stores C_old,new and acknowledges it
+    c.cut.insert((1, 0)); // C_new, appended once that commits, never reaches 0
+    c.deliver_all();
+    assert_eq!(
+        c.core(1).configuration(),
+        &target,
+        "C_new appended on 1 only"
+    );
+    c.crash(1);
+    c.restart(1);
+    assert!(
+        !c.core(1).committed_configuration().is_voter(&peer(1))
+            && !c.core(1).configuration().is_voter(&peer(1)),
+        "after its restart 1 votes in neither the committed nor the effective configuration"
+    );
+    c.heal();
+    c.advance(20 * T);
+    assert_eq!(c.leaders(), vec![0], "the group elects its remaining voter");
+    assert_eq!(c.core(0).configuration(), &target);
+    assert!(c.core(0).configuration_index() <= c.core(0).commit_index());
+}
+
 /// braft's `reset_peers`: the majority is gone for good; the survivor forces a configuration
 /// of itself, leads at once in a new term, logs the forced configuration and commits again.
 #[test]
