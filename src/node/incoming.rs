@@ -9,7 +9,7 @@
 //! probes again, an election times out). An empty budget always takes one message, so a
 //! bound below one message's size slows a peer down but never shuts it out.
 //!
-//! Decides nothing about Raft and never blocks: one atomic add per message.
+//! Decides nothing about Raft and never blocks: a few atomic operations per message.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
