@@ -388,13 +388,16 @@ impl Shell<'_> {
 
     /// Steps the core with `ev` and carries out the resulting actions.
     fn step(&mut self, parts: &Parts, ev: Event<'_>, mut ctx: Ctx<'_>) {
+        let leader;
         {
             let mut guard = self.shared.core.lock();
             let Some(core) = guard.as_mut() else {
                 return;
             };
             self.st.actions.extend(core.step(now_ms(), ev).drain());
+            leader = core.leader();
         }
+        self.shared.note_leader(leader);
         let mut actions = std::mem::take(&mut self.st.actions);
         for action in actions.drain(..) {
             self.execute(parts, action, &mut ctx);
@@ -411,6 +414,7 @@ impl Shell<'_> {
                 return;
             };
             self.st.actions.extend(core.start(now_ms()).drain());
+            self.shared.note_leader(core.leader());
         }
         let mut actions = std::mem::take(&mut self.st.actions);
         for action in actions.drain(..) {

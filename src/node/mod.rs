@@ -109,9 +109,18 @@ pub(crate) struct NodeShared {
     /// RaftService messages received and not yet handled
     /// ([`NodeOptions::incoming_bytes_max`]).
     pub(crate) incoming: incoming::Incoming,
+    /// The leader the core knew after its last step, for `leader_id` (and GetLeader on the
+    /// IO thread) without the core lock. Lock order: taken after the core lock is released,
+    /// or under it (start), never the other way round.
+    leader: Mutex<Option<PeerId>>,
 }
 
 impl NodeShared {
+    /// Records the leader the core knows after a step (see `NodeShared::leader`).
+    pub(crate) fn note_leader(&self, leader: Option<PeerId>) {
+        *self.leader.lock() = leader;
+    }
+
     /// Queues an event on the node's serial queue. Dropped (and logged) once the queue
     /// stopped; events carry no promise to anyone, so dropping one after shutdown is safe.
     pub(crate) fn submit(&self, ev: NodeEvent) {
@@ -211,6 +220,7 @@ impl Node {
                 trace: Mutex::new(Vec::new()),
                 pending_applies: std::sync::atomic::AtomicUsize::new(0),
                 incoming: incoming::Incoming::default(),
+                leader: Mutex::new(None),
             }),
         }
     }
@@ -234,7 +244,7 @@ impl Node {
         {
             return None;
         }
-        self.shared.with_core(|c| c.leader()).flatten()
+        *self.shared.leader.lock()
     }
 
     /// True while this node leads its group (never once it stopped or entered its error
