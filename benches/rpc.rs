@@ -8,7 +8,8 @@
 //! `cargo bench --bench rpc -- --summary`. `TRAFT_RPC_ROUNDS=N` sets the rounds (default 7);
 //! `TRAFT_RPC_RCVBUF=bytes` and `TRAFT_RPC_LOWAT=bytes` override
 //! `ServerOptions::socket_recv_buffer_bytes` (0: the kernel's autotuning) and
-//! `socket_unsent_bytes_max`, to show what the bounded window costs.
+//! `socket_unsent_bytes_max`, to show what the bounded window costs; `TRAFT_RPC_BODIES=64,2097152`
+//! runs other body sizes.
 
 use std::collections::HashMap;
 use std::io::{BufReader, Read, Write};
@@ -25,6 +26,15 @@ use traft::rpc::{Caller, Method, Request, Server, ServerOptions};
 use traft::{Runtime, RuntimeOptions};
 
 const BODIES: [usize; 2] = [64, 64 * 1024];
+
+/// The request body sizes to run: `TRAFT_RPC_BODIES=64,2097152` overrides [`BODIES`].
+fn bodies() -> Vec<usize> {
+    std::env::var("TRAFT_RPC_BODIES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|b| b.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| BODIES.to_vec())
+}
 const IN_FLIGHT: [usize; 2] = [1, 64];
 const RESPONSE: usize = 64;
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -276,7 +286,7 @@ fn criterion_benches(c: &mut Criterion, t: &Traft, b: &Arc<Baseline>) {
     let mut g = c.benchmark_group("rpc");
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(3));
-    for body in BODIES {
+    for body in bodies() {
         for in_flight in IN_FLIGHT {
             let n = calls_for(body, in_flight) as u32;
             let id = format!("body{body}_inflight{in_flight}");
@@ -311,7 +321,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Alternates baseline and traft runs; medians of each figure and of per-round ratios.
 fn summary(t: &Traft, b: &Arc<Baseline>, rounds: usize) {
     println!("\nrpc summary ({rounds} alternating rounds per case; medians):");
-    for body in BODIES {
+    for body in bodies() {
         for in_flight in IN_FLIGHT {
             let (mut tr, mut bs, mut ratio, mut dp50) = (vec![], vec![], vec![], vec![]);
             for _ in 0..rounds {

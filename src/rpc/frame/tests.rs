@@ -217,3 +217,51 @@ fn read_from_fills_from_a_reader_and_reports_eof() {
     assert_eq!(&f.body[..], b"abc");
     assert_eq!(d.read_from(&mut src).unwrap(), 0);
 }
+
+/// Hands out its bytes at most `step` at a time (a socket whose receive buffer holds
+/// `step`), recording the buffer space each read was offered (what the decoder zero-filled).
+struct SocketLike {
+    bytes: Vec<u8>,
+    at: usize,
+    step: usize,
+    offered: usize,
+}
+
+impl std::io::Read for SocketLike {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.offered += buf.len();
+        let n = self.step.min(buf.len()).min(self.bytes.len() - self.at);
+        if n == 0 {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        buf[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn bulk_frames_in_socket_sized_reads_zero_fill_about_what_arrives() {
+    let body = vec![5u8; 2 << 20];
+    let one = encode_frame(&header(Method::AppendEntries, 1, body.len() as u32), &body);
+    let mut src = SocketLike {
+        bytes: one.repeat(8),
+        at: 0,
+        step: 256 << 10,
+        offered: 0,
+    };
+    let mut d = Decoder::new(4 << 20);
+    let mut frames = 0;
+    while frames < 8 {
+        d.read_from(&mut src).unwrap();
+        while d.next_frame().unwrap().is_some() {
+            frames += 1;
+        }
+    }
+    let ratio = src.offered as f64 / src.bytes.len() as f64;
+    eprintln!("zero-filled {:.2} bytes per byte received", ratio);
+    assert!(
+        ratio <= 2.5,
+        "zero-filled {ratio:.2} bytes per byte received"
+    );
+}
