@@ -158,15 +158,19 @@ fn a_header_announcing_a_huge_frame_costs_one_read_window_not_the_frame() {
     assert_eq!(d.buffered(), HEADER_LEN, "nothing arrived, nothing kept");
 }
 
-/// Hands out its bytes `step` at a time, then says WouldBlock.
+/// Hands out its bytes `step` at a time (a socket whose receive buffer holds `step`), then
+/// says WouldBlock; records the buffer space each read was offered (what the decoder
+/// zero-filled).
 struct Trickle {
     bytes: Vec<u8>,
     at: usize,
     step: usize,
+    offered: usize,
 }
 
 impl std::io::Read for Trickle {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.offered += buf.len();
         let n = self.step.min(buf.len()).min(self.bytes.len() - self.at);
         if n == 0 {
             return Err(std::io::ErrorKind::WouldBlock.into());
@@ -194,6 +198,7 @@ fn a_large_frames_tail_in_small_reads_never_moves_its_buffer_again() {
         bytes: bytes[tail..].to_vec(),
         at: 0,
         step: 100,
+        offered: 0,
     };
     let mut frame = None;
     while frame.is_none() {
@@ -218,33 +223,11 @@ fn read_from_fills_from_a_reader_and_reports_eof() {
     assert_eq!(d.read_from(&mut src).unwrap(), 0);
 }
 
-/// Hands out its bytes at most `step` at a time (a socket whose receive buffer holds
-/// `step`), recording the buffer space each read was offered (what the decoder zero-filled).
-struct SocketLike {
-    bytes: Vec<u8>,
-    at: usize,
-    step: usize,
-    offered: usize,
-}
-
-impl std::io::Read for SocketLike {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.offered += buf.len();
-        let n = self.step.min(buf.len()).min(self.bytes.len() - self.at);
-        if n == 0 {
-            return Err(std::io::ErrorKind::WouldBlock.into());
-        }
-        buf[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
-}
-
 #[test]
 fn bulk_frames_in_socket_sized_reads_zero_fill_about_what_arrives() {
     let body = vec![5u8; 2 << 20];
     let one = encode_frame(&header(Method::AppendEntries, 1, body.len() as u32), &body);
-    let mut src = SocketLike {
+    let mut src = Trickle {
         bytes: one.repeat(8),
         at: 0,
         step: 256 << 10,
