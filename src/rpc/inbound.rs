@@ -20,7 +20,7 @@ use super::connection::{Conn, Role};
 use super::frame::{Frame, FrameHeader, FrameKind, HEADER_LEN};
 use super::method::{error_to_wire, Method, Status};
 use super::outbox::{OutFrame, OutState};
-use super::server::ServerCtx;
+use super::server::{Adoption, ServerCtx};
 use crate::error::{RaftError, Result};
 use crate::io_loop::{IoContext, IoLoopHandle};
 use crate::types::codec::Reader;
@@ -96,12 +96,14 @@ pub(crate) struct Inbound {
 }
 
 impl Inbound {
-    /// Takes an accepted socket: registers it on the next IO loop (round robin).
+    /// Takes an accepted socket: registers it on the next IO loop (round robin). `place`
+    /// keeps it counted against `accepted_connections_max` until it is registered or dropped.
     pub fn adopt(
         ctx: &Arc<ServerCtx>,
         lp: &mut IoContext<'_>,
         stream: TcpStream,
         peer: SocketAddr,
+        place: Adoption,
     ) {
         let io = ctx.next_io_loop();
         if io.index() == lp.handle().index() {
@@ -111,6 +113,7 @@ impl Inbound {
         let ctx2 = ctx.clone();
         let task = Box::new(move |lp: &mut IoContext<'_>| {
             Inbound::register(&ctx2, lp, stream, peer);
+            drop(place);
         });
         if let Err(e) = io.execute(task) {
             slog::warn!(ctx.logger, "accepted connection dropped"; "peer" => %peer, "error" => %e);

@@ -110,6 +110,16 @@ impl Stats {
     }
 }
 
+/// An accepted connection's place under `accepted_connections_max` while it travels to its
+/// IO loop; given up when dropped, which is after the connection is in `conns` or is gone.
+pub(crate) struct Adoption(Arc<ServerCtx>);
+
+impl Drop for Adoption {
+    fn drop(&mut self) {
+        self.0.adopting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// What every socket of one server shares.
 pub(crate) struct ServerCtx {
     pub opts: ServerOptions,
@@ -123,6 +133,10 @@ pub(crate) struct ServerCtx {
     /// Every open socket of this server, by (IO loop index, token), for shutdown.
     conns: Mutex<HashMap<(usize, Token), IoLoopHandle>>,
     conns_cv: Condvar,
+    /// Accepted connections on their way to their IO loop, not yet in `conns`: counted
+    /// against `accepted_connections_max` so a burst of accepts cannot pass the bound while
+    /// the adoptions are in flight.
+    adopting: AtomicUsize,
     /// Spreads connections over the runtime's IO loops.
     next_loop: AtomicUsize,
 }
@@ -141,6 +155,17 @@ impl ServerCtx {
     /// Records an open socket (listener or connection).
     pub fn register(&self, io: &IoLoopHandle, token: Token) {
         self.conns.lock().insert((io.index(), token), io.clone());
+    }
+
+    /// Reserves a place for an accepted connection until it is registered (or dropped).
+    pub fn reserve_adoption(self: &Arc<Self>) -> Adoption {
+        self.adopting.fetch_add(1, Ordering::AcqRel);
+        Adoption(self.clone())
+    }
+
+    /// Open sockets plus accepted connections still on their way to their IO loop.
+    fn open_or_adopting(&self) -> usize {
+        self.conns.lock().len() + self.adopting.load(Ordering::Acquire)
     }
 
     /// Forgets a closed socket.
@@ -210,6 +235,7 @@ impl Server {
             stopped: AtomicBool::new(false),
             conns: Mutex::new(HashMap::new()),
             conns_cv: Condvar::new(),
+            adopting: AtomicUsize::new(0),
             next_loop: AtomicUsize::new(0),
             opts,
         });
@@ -495,9 +521,10 @@ impl Listener {
         loop {
             match listener.accept() {
                 Ok((stream, peer)) => {
-                    // Every open socket of this server, the listener included, is in `conns`;
-                    // outgoing ones count too, which only makes the bound earlier.
-                    let open = self.ctx.conns.lock().len();
+                    // Every open socket of this server, the listener included, is in `conns`
+                    // or on its way there; outgoing ones count too, which only makes the
+                    // bound earlier.
+                    let open = self.ctx.open_or_adopting();
                     if open > self.ctx.opts.accepted_connections_max {
                         self.ctx.stats.refused.fetch_add(1, Ordering::Relaxed);
                         slog::debug!(self.ctx.logger, "connection refused: too many open";
@@ -506,7 +533,8 @@ impl Listener {
                         continue;
                     }
                     self.ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                    Inbound::adopt(&self.ctx, lp, stream, peer);
+                    let place = self.ctx.reserve_adoption();
+                    Inbound::adopt(&self.ctx, lp, stream, peer, place);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
